@@ -1,0 +1,5 @@
+"""Model families; importing this package registers every model."""
+
+from mambamixer.models.registry import create_model, list_models, register_model
+
+__all__ = ["create_model", "list_models", "register_model"]
