@@ -1,0 +1,163 @@
+"""Command line: parses arguments and calls the task functions, nothing more.
+
+    mambamixer forecast --model tsm2 --data ETTh1 --horizon 96 [--seq-len 96 --epochs ...]
+    mambamixer evaluate runs/forecast-tsm2-ETTh1-96-96
+    mambamixer models --task forecast
+
+Every option defaults to None, meaning the model's own default. Bad input (a ValueError or
+FileNotFoundError from the library) prints ``error: ...`` and exits with status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: JSON (numbers, true/false/null, lists) first, then Python literals, else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key.strip(), parse_value(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+    parser = argparse.ArgumentParser(prog="mambamixer", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("forecast", parents=[common], help="train and test a forecaster",
+                       description="Train a forecaster, keep the best epoch on validation MSE, report "
+                                   "test MSE/MAE over every test window. Options left out take the "
+                                   "model's defaults (see docs/training.md).")
+    p.add_argument("--model", required=True, help="registered forecaster (see `mambamixer models`)")
+    p.add_argument("--data", required=True, help="dataset name (ETTh1, ETTm1, weather, ...) or a CSV path")
+    p.add_argument("--horizon", required=True, type=positive_int, help="forecast length")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="lookback length (default 96)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset CSVs")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate")
+    p.add_argument("--optimizer", choices=("adam", "adamw"), default=None)
+    p.add_argument("--schedule", choices=("halve", "cosine", "constant"), default=None,
+                   help="learning-rate schedule")
+    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up, in epochs")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--grad-clip", type=positive_float, default=None, help="max gradient norm")
+    p.add_argument("--patience", type=non_negative_int, default=None,
+                   help="early-stopping patience in epochs (0 disables)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="run folder (default runs/forecast-MODEL-DATA-SEQ-HORIZON)")
+    p.add_argument("--set", dest="overrides", type=key_value, action="append", default=None,
+                   metavar="KEY=VALUE", help="model config override, repeatable (e.g. --set d_model=64)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_forecast)
+
+    p = sub.add_parser("evaluate", parents=[common], help="recompute a run's test metrics",
+                       description="Reload a run's checkpoint and recompute test MSE/MAE.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset CSVs (default: the run's)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("models", parents=[common], help="list registered models")
+    p.add_argument("--task", default=None, help="only models of this task (forecast, vision)")
+    p.set_defaults(func=_models)
+    return parser
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    from mambamixer.tasks.forecast import run_forecast
+
+    run_forecast(
+        model=args.model, data=args.data, horizon=args.horizon, seq_len=args.seq_len, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, data_dir=args.data_dir, out=args.out,
+        patience=args.patience, quiet=args.quiet, model_overrides=dict(args.overrides or []),
+        optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mambamixer.tasks.forecast import evaluate_forecast
+
+    r = evaluate_forecast(args.run_dir, data_dir=args.data_dir)
+    print(f"{r['model']} {r['data']} seq_len {r['seq_len']} horizon {r['horizon']}: "
+          f"test MSE {r['test_mse']:.4f}  MAE {r['test_mae']:.4f}  ({r['test_windows']} windows)")
+    if r.get("stored_test_mse") is not None:
+        print(f"metrics.json: test MSE {r['stored_test_mse']:.4f}  MAE {r['stored_test_mae']:.4f}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from mambamixer.models.registry import TASKS, list_models
+
+    if args.task is not None and args.task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {args.task!r}")
+    for name in list_models(task=args.task):
+        print(name)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage and the message
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

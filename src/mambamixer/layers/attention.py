@@ -1,0 +1,144 @@
+"""A small post-norm Transformer encoder, shared by the attention baselines (PatchTST, iTransformer).
+
+Both papers use the vanilla encoder layer
+
+    x = norm(x + dropout(attention(x)))
+    x = norm(x + dropout(W2 dropout(gelu(W1 x))))
+
+and differ only in where dropout sits, the norm (PatchTST: BatchNorm over tokens; iTransformer:
+LayerNorm plus a final LayerNorm) and PatchTST's residual attention (each layer adds the previous
+layer's pre-softmax scores, He et al. 2020 "RealFormer"): every difference is an argument here.
+Tokens are whatever the model chooses: patches of one variate (PatchTST) or whole variates
+(iTransformer); tensors are (batch, tokens, d_model) throughout.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class TokenBatchNorm(nn.Module):
+    """BatchNorm1d over d_model with statistics over batch and tokens: (batch, tokens, d_model)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+def make_token_norm(kind: str, d_model: int) -> nn.Module:
+    """``"layer"`` -> LayerNorm, ``"batch"`` -> BatchNorm over batch and tokens; (batch, tokens, d_model)."""
+    if kind == "layer":
+        return nn.LayerNorm(d_model)
+    if kind == "batch":
+        return TokenBatchNorm(d_model)
+    raise ValueError(f"norm must be 'layer' or 'batch', got {kind!r}")
+
+
+class MultiheadSelfAttention(nn.Module):
+    """Multi-head self-attention, (batch, tokens, d_model) -> (batch, tokens, d_model).
+
+    ``attn_dropout`` drops attention probabilities, ``proj_dropout`` the output projection. With
+    ``residual_scores`` the pre-softmax scores (batch, n_heads, tokens, tokens) are returned and the
+    previous layer's are added before the softmax; otherwise the fused SDPA kernel is used.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        residual_scores: bool = False,
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.attn_dropout = attn_dropout
+        self.residual_scores = residual_scores
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.proj_dropout = nn.Dropout(proj_dropout)
+
+    def forward(self, x: Tensor, prev_scores: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        batch, tokens, d_model = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.n_heads, self.head_dim).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (batch, n_heads, tokens, head_dim)
+        p = self.attn_dropout if self.training else 0.0
+        if self.residual_scores:
+            scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (batch, n_heads, tokens, tokens)
+            if prev_scores is not None:
+                scores = scores + prev_scores
+            out = F.dropout(scores.softmax(dim=-1), p, self.training) @ v
+        else:
+            scores = None
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        out = out.transpose(1, 2).reshape(batch, tokens, d_model)
+        return self.proj_dropout(self.out_proj(out)), scores
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Post-norm encoder layer with a GELU feed-forward, (batch, tokens, d_model) -> same."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        norm: str = "layer",
+        residual_scores: bool = False,
+    ) -> None:
+        super().__init__()
+        self.attn = MultiheadSelfAttention(d_model, n_heads, attn_dropout, proj_dropout, residual_scores)
+        self.norm_attn = make_token_norm(norm, d_model)
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+        )
+        self.norm_ffn = make_token_norm(norm, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, prev_scores: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        a, scores = self.attn(x, prev_scores)
+        x = self.norm_attn(x + self.dropout(a))
+        x = self.norm_ffn(x + self.dropout(self.ffn(x)))
+        return x, scores
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of ``TransformerEncoderLayer``, optionally closed by a LayerNorm; (batch, tokens, d_model)."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        norm: str = "layer",
+        residual_scores: bool = False,
+        final_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayer(
+                d_model, n_heads, d_ff, dropout, attn_dropout, proj_dropout, norm, residual_scores
+            )
+            for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        scores = None
+        for layer in self.layers:
+            x, scores = layer(x, scores)
+        return self.norm(x)

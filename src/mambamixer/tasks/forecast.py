@@ -1,0 +1,351 @@
+"""Long-horizon forecasting: train a registered forecaster, pick the best epoch on validation MSE,
+report test MSE/MAE over every test window, and write a self-describing run folder.
+
+    metrics = run_forecast("dlinear", "ETTh1", horizon=96)
+    evaluate_forecast("runs/forecast-dlinear-ETTh1-96-96")   # recomputes test MSE/MAE
+
+Arguments left as None take the model's default from :data:`TRAINING_DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mambamixer.data.forecast import load_forecast_data
+from mambamixer.io import atomic_write_json
+from mambamixer.models.registry import create_model, model_task
+from mambamixer.training.checkpoint import load_checkpoint, save_checkpoint
+from mambamixer.training.plots import plot_forecast, plot_training_curves
+from mambamixer.training.seed import seed_everything
+from mambamixer.training.trainer import TrainConfig, TrainState, fit
+
+DEFAULT_SEQ_LEN = 96
+DEFAULT_EVAL_BATCH_SIZE = 256
+RESERVED_OVERRIDES = ("seq_len", "horizon", "n_vars", "n_marks")  # set from the task and the data
+
+# Training defaults per registered model; where each comes from is in docs/training.md.
+# patience: epochs without validation improvement before stopping (TSLib's default is 3).
+TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
+    # DLinear paper / TSLib: Adam 5e-3, halved each epoch (type1), 10 epochs, batch 32.
+    "dlinear": {"optimizer": "adam", "lr": 5e-3, "schedule": "halve", "epochs": 10, "batch_size": 32,
+                "patience": 3},
+    # iTransformer's ETTh1 script (TSLib): Adam 1e-4, type1, 10 epochs, batch 32, patience 3.
+    "itransformer": {"optimizer": "adam", "lr": 1e-4, "schedule": "halve", "epochs": 10, "batch_size": 32,
+                     "patience": 3},
+    # PatchTST paper (ETTh1): Adam 1e-4, batch 128, 100 epochs, patience 20; cut to 20 epochs for a
+    # CPU, with a cosine decay standing in for its "type3" schedule (x0.9 per epoch after 3).
+    "patchtst": {"optimizer": "adam", "lr": 1e-4, "schedule": "cosine", "epochs": 20, "batch_size": 128,
+                 "patience": 5},
+    # TSM2: provisional (to be tuned): AdamW 1e-3, cosine, 10 epochs, batch 32.
+    "tsm2": {"optimizer": "adamw", "lr": 1e-3, "schedule": "cosine", "epochs": 10, "batch_size": 32,
+             "patience": 3, "weight_decay": 0.01},
+}
+# For forecasters registered without an entry above.
+FALLBACK_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "schedule": "cosine", "epochs": 10,
+                                     "batch_size": 32, "patience": 3, "weight_decay": 0.01}
+
+
+def training_defaults(model: str) -> dict[str, Any]:
+    """The full set of training hyper-parameters used when a flag is left as None."""
+    base = {"optimizer": "adamw", "lr": 1e-3, "schedule": "constant", "epochs": 10, "batch_size": 32,
+            "patience": None, "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None}
+    return {**base, **TRAINING_DEFAULTS.get(model, FALLBACK_DEFAULTS)}
+
+
+def default_out(model: str, data: str, seq_len: int, horizon: int) -> Path:
+    return Path("runs") / f"forecast-{model}-{_data_label(data)}-{seq_len}-{horizon}"
+
+
+def _data_label(data: str) -> str:
+    return Path(data).stem if data.lower().endswith(".csv") or os.sep in data else data
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_out_possible(out: Path) -> None:
+    """Fail early, without creating anything, when ``out`` clearly cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot create output folder {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create output folder {out}: {parent} is not writable")
+
+
+def _prepare_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write to output folder {out}: {err.strerror or err}") from err
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _forward(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y, x_mark, y_mark = batch
+    return model(x, x_mark, y_mark), y
+
+
+def forecast_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Mean squared error of one batch ``(x, y, x_mark, y_mark)`` already on the model's device."""
+    pred, y = _forward(model, batch)
+    return F.mse_loss(pred, y)
+
+
+@torch.no_grad()
+def forecast_errors(model: nn.Module, dataset: Dataset, batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
+                    device: torch.device | str | None = None) -> dict[str, float]:
+    """MSE and MAE over every window of ``dataset`` (no window dropped; sums accumulated in float64).
+
+    Every window has horizon x n_vars values, so this equals the mean over windows of each
+    window's error. Returns ``{"mse", "mae", "windows"}``.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False)
+    sq = ab = 0.0
+    values = windows = 0
+    for batch in loader:
+        batch = [t.to(device) for t in batch]
+        pred, y = _forward(model, batch)
+        diff = (pred.float() - y).double()
+        sq += diff.square().sum().item()
+        ab += diff.abs().sum().item()
+        values += diff.numel()
+        windows += y.shape[0]
+    model.train(was_training)
+    if windows == 0:
+        raise ValueError("the evaluation split has no windows")
+    return {"mse": sq / values, "mae": ab / values, "windows": windows}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def _plot_windows(model: nn.Module, dataset: Dataset, device: torch.device, path: Path,
+                  columns: list[str], title: str) -> None:
+    n = len(dataset)
+    ids = sorted({0, n // 2, n - 1})
+    items = [dataset[i] for i in ids]
+    x, y, x_mark, y_mark = (torch.stack([it[k] for it in items]) for k in range(4))
+    model.eval()
+    with torch.no_grad():
+        pred = model(x.to(device), x_mark.to(device), y_mark.to(device)).float().cpu()
+    n_vars = x.shape[-1]
+    var_ids = sorted({0, n_vars // 2, n_vars - 1})
+    names = [columns[v] if v < len(columns) else f"variate {v}" for v in var_ids]
+    plot_forecast(x[..., var_ids].numpy(), y[..., var_ids].numpy(), pred[..., var_ids].numpy(), path,
+                  columns=names, window_ids=ids, title=title)
+
+
+def run_forecast(
+    model: str,
+    data: str,
+    horizon: int,
+    seq_len: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    patience: int | None = None,
+    quiet: bool = False,
+    model_overrides: dict[str, Any] | None = None,
+    optimizer: str | None = None,
+    schedule: str | None = None,
+    weight_decay: float | None = None,
+    warmup_epochs: float | None = None,
+    grad_clip: float | None = None,
+    eval_batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on dataset ``data`` and write the run folder; returns the metrics dict.
+
+    ``data`` is a dataset name (ETTh1, weather, ...) or a CSV path. ``patience=0`` disables
+    early stopping. ``model_overrides`` are passed to ``create_model`` (the four shape fields
+    seq_len/horizon/n_vars/n_marks are set by the task). Writes into ``out``: ``metrics.json``,
+    ``checkpoint/``, ``forecast.png``, ``training_curves.png``.
+    """
+    # 1. check every argument before anything is read or written
+    if model_task(model) != "forecast":  # unknown names raise ValueError with suggestions
+        raise ValueError(f"model {model!r} is a {model_task(model)} model, not a forecaster")
+    horizon = _check_positive_int("horizon", horizon)
+    seq_len = _check_positive_int("seq_len", DEFAULT_SEQ_LEN if seq_len is None else seq_len)
+    overrides = dict(model_overrides or {})
+    reserved = sorted(set(overrides) & set(RESERVED_OVERRIDES))
+    if reserved:
+        raise ValueError(f"model overrides cannot set {reserved}: they come from the task and the data")
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
+             "optimizer": optimizer, "schedule": schedule, "weight_decay": weight_decay,
+             "warmup_epochs": warmup_epochs, "grad_clip": grad_clip}
+    hp = {**training_defaults(model), **{k: v for k, v in given.items() if v is not None}}
+    hp["batch_size"] = _check_positive_int("batch_size", hp["batch_size"])
+    eval_batch_size = _check_positive_int(
+        "eval_batch_size", DEFAULT_EVAL_BATCH_SIZE if eval_batch_size is None else eval_batch_size)
+    if hp["patience"] == 0:
+        hp["patience"] = None
+    train_config = TrainConfig(
+        epochs=hp["epochs"], lr=hp["lr"], optimizer=hp["optimizer"], weight_decay=hp["weight_decay"],
+        schedule=hp["schedule"], warmup_epochs=hp["warmup_epochs"], grad_clip=hp["grad_clip"],
+        patience=hp["patience"], quiet=quiet, desc=f"{model} epoch",
+    )  # validates the values
+    out = Path(out) if out is not None else default_out(model, data, seq_len, horizon)
+    _check_out_possible(out)
+
+    # 2. data, output folder, model
+    fd = load_forecast_data(data, seq_len, horizon, data_dir=data_dir)
+    for split in ("train", "val", "test"):
+        if len(getattr(fd, split)) == 0:
+            raise ValueError(f"{fd.name}: the {split} split has no window of seq_len {seq_len} + "
+                             f"horizon {horizon}")
+    _prepare_out(out)
+    dev = _device(device)
+    generator = seed_everything(seed)
+    try:
+        net = create_model(model, seq_len=seq_len, horizon=horizon, n_vars=fd.n_vars, n_marks=fd.n_marks,
+                           **overrides)
+    except TypeError as err:
+        raise ValueError(f"bad model override for {model!r}: {err}") from err
+    net.to(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+    data_path = Path(data)
+    run = {
+        "task": "forecast", "model_name": model,
+        "data": str(data_path.resolve()) if data_path.is_file() else data,  # what to reload
+        "dataset": fd.name, "data_file": str(fd.path),
+        "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
+        "seq_len": seq_len, "horizon": horizon, "n_vars": fd.n_vars, "n_marks": fd.n_marks,
+        "columns": list(fd.columns), "seed": seed, "model_overrides": overrides,
+        "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule",
+                                           "weight_decay", "warmup_epochs", "grad_clip", "patience")},
+                     "eval_batch_size": eval_batch_size, "loss": "mse", "drop_last_train": True},
+        "device": str(dev), "torch_version": torch.__version__,
+    }
+    ckpt_dir = out / "checkpoint"
+
+    # 3. train: best epoch on validation MSE, checkpoint written at each new best
+    # drop_last on training only (a shuffled remainder); never on val/test.
+    train_loader = DataLoader(fd.train, batch_size=hp["batch_size"], shuffle=True, generator=generator,
+                              drop_last=len(fd.train) > hp["batch_size"], pin_memory=dev.type == "cuda")
+
+    def validate(m: nn.Module) -> float:
+        return forecast_errors(m, fd.val, eval_batch_size, dev)["mse"]
+
+    def on_best(state: TrainState) -> None:
+        save_checkpoint(ckpt_dir, state.model, {**run, "best_epoch": state.best_epoch,
+                                                "best_val_mse": state.best_val})
+
+    result = fit(net, train_loader, forecast_loss, train_config, validate=validate, on_best=on_best,
+                 device=dev, generator=generator)
+
+    # 4. evaluate the best weights on every val and test window
+    val = forecast_errors(net, fd.val, eval_batch_size, dev)
+    test = forecast_errors(net, fd.test, eval_batch_size, dev)
+    epochs_run = result.epochs_run
+    metrics = {
+        "test_mse": test["mse"], "test_mae": test["mae"], "val_mse": val["mse"], "val_mae": val["mae"],
+        "test_windows": test["windows"], "val_windows": val["windows"], "train_windows": len(fd.train),
+        "n_params": n_params, "train_seconds": result.train_seconds,
+        "seconds_per_epoch": sum(h["seconds"] for h in result.history) / max(epochs_run, 1),
+        "epochs_run": epochs_run, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+        "peak_memory_mb": _peak_memory_mb(dev),
+        "config": dataclasses.asdict(net.config) if dataclasses.is_dataclass(getattr(net, "config", None))
+        else {},
+        "run": run, "history": result.history,
+    }
+    if not all(math.isfinite(metrics[k]) for k in ("test_mse", "test_mae", "val_mse", "val_mae")):
+        raise ValueError(f"non-finite evaluation metrics: test MSE {test['mse']}, val MSE {val['mse']}")
+    title = f"{model} on {fd.name}, lookback {seq_len}, horizon {horizon}"
+    _plot_windows(net, fd.test, dev, out / "forecast.png", list(fd.columns), title)
+    plot_training_curves(result.history, out / "training_curves.png", result.best_epoch, title)
+    atomic_write_json(out / "metrics.json", metrics)
+    print(f"{model} {fd.name} seq_len {seq_len} horizon {horizon}: "
+          f"test MSE {test['mse']:.4f}  MAE {test['mae']:.4f}  (best epoch {result.best_epoch}/{epochs_run}, "
+          f"{n_params:,} parameters)")
+    if not quiet:
+        print(f"wrote {out}")
+    return metrics
+
+
+def evaluate_forecast(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Reload a run's checkpoint and recompute its test MSE/MAE over every test window.
+
+    ``run_dir`` is a run folder (holding ``checkpoint/``) or a checkpoint folder itself;
+    ``data_dir`` defaults to the one the run used.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"no run folder at {run_dir}")
+    ckpt = run_dir / "checkpoint" if (run_dir / "checkpoint").is_dir() else run_dir
+    net, run = load_checkpoint(ckpt)
+    if run.get("task", "forecast") != "forecast":
+        raise ValueError(f"{ckpt} is a {run['task']} run, not a forecasting run")
+    for key in ("data", "seq_len", "horizon"):
+        if key not in run:
+            raise ValueError(f"{ckpt / 'run.json'} lacks {key!r}")
+    dev = _device(device)
+    net.to(dev)
+    fd = load_forecast_data(run["data"], run["seq_len"], run["horizon"],
+                            data_dir=data_dir if data_dir is not None else run.get("data_dir"))
+    if fd.n_vars != getattr(net.config, "n_vars", fd.n_vars):
+        raise ValueError(f"the data has {fd.n_vars} variates, the checkpoint expects {net.config.n_vars}")
+    bs = batch_size or run.get("training", {}).get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)
+    test = forecast_errors(net, fd.test, bs, dev)
+    result: dict[str, Any] = {
+        "test_mse": test["mse"], "test_mae": test["mae"], "test_windows": test["windows"],
+        "model": run["model_name"], "data": fd.name, "seq_len": run["seq_len"], "horizon": run["horizon"],
+        "checkpoint": str(ckpt),
+    }
+    metrics_path = ckpt.parent / "metrics.json" if ckpt.name == "checkpoint" else None
+    if metrics_path is not None and metrics_path.is_file():
+        try:
+            stored = json.loads(metrics_path.read_text())
+            result["stored_test_mse"] = stored.get("test_mse")
+            result["stored_test_mae"] = stored.get("test_mae")
+        except (OSError, json.JSONDecodeError):
+            pass
+    return result
+
+
+__all__ = ["TRAINING_DEFAULTS", "evaluate_forecast", "forecast_errors", "forecast_loss", "run_forecast",
+           "training_defaults"]

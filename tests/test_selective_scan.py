@@ -1,0 +1,184 @@
+"""Every selective-scan backend against the reference: values and all gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambamixer.ops import available_backends, selective_scan, selective_scan_ref
+from mambamixer.ops.scan import BACKEND_ENV
+from mambamixer.ops.scan_reference import selective_scan_reference
+
+FAST_BACKENDS = ["cpu_fused", "chunked"]
+GRAD_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+def make_inputs(batch, d_inner, length, d_state, groups=None, with_D=True, with_z=True, dtype=torch.float32,
+                seed=0):  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
+
+    bc_shape = (batch, d_state, length) if groups is None else (batch, groups, d_state, length)
+    A = (-torch.exp(torch.randn(d_inner, d_state, generator=g, dtype=torch.float64) * 0.5)).to(dtype)
+    return dict(
+        u=rnd(batch, d_inner, length),
+        delta=rnd(batch, d_inner, length, scale=0.5),
+        A=A.requires_grad_(),
+        B=rnd(*bc_shape),
+        C=rnd(*bc_shape),
+        D=rnd(d_inner) if with_D else None,
+        z=rnd(batch, d_inner, length) if with_z else None,
+        delta_bias=rnd(d_inner, scale=0.1),
+    )
+
+
+CASES = [  # batch, d_inner, length, d_state, groups, with_D, with_z
+    (2, 4, 1, 16, None, True, True),
+    (2, 4, 7, 1, None, True, False),
+    (1, 6, 33, 16, 3, False, True),
+    (3, 4, 70, 16, 2, True, True),
+    (2, 5, 129, 4, None, False, False),
+]
+
+
+def _run(backend, inputs, **kw):
+    out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend=backend, **kw)
+    return out, last
+
+
+def _grads(out, last, inputs, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    gout = torch.randn(out.shape, generator=g).to(out.dtype)
+    glast = torch.randn(last.shape, generator=g).to(last.dtype)
+    loss = (out * gout).sum() + (last * glast).sum()
+    params = [inputs[k] for k in GRAD_NAMES if inputs[k] is not None]
+    return torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}-d{}-l{}-n{}-g{}-D{}-z{}".format(*c))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backend_matches_reference_float32(backend, case, reverse):
+    batch, d_inner, length, d_state, groups, with_D, with_z = case
+    inputs = make_inputs(batch, d_inner, length, d_state, groups, with_D, with_z)
+    ref_out, ref_last = _run("reference", inputs, reverse=reverse)
+    out, last = _run(backend, inputs, reverse=reverse)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last, ref_last, rtol=1e-4, atol=1e-4)
+    names = [k for k in GRAD_NAMES if inputs[k] is not None]
+    pairs = zip(names, _grads(out, last, inputs), _grads(ref_out, ref_last, inputs), strict=True)
+    for name, got, want in pairs:
+        torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_backend_matches_reference_float64_exactly(backend):
+    inputs = make_inputs(2, 4, 40, 8, groups=2, dtype=torch.float64)
+    ref_out, ref_last = _run("reference", inputs)
+    out, last = _run(backend, inputs)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    for got, want in zip(_grads(out, last, inputs), _grads(ref_out, ref_last, inputs), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu_fused"])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_gradcheck_float64(backend, groups):
+    inputs = make_inputs(2, 4, 6, 3, groups=groups, dtype=torch.float64)
+    names = [k for k in GRAD_NAMES if inputs[k] is not None]
+
+    def fn(*tensors):
+        kw = dict(zip(names, tensors, strict=True))
+        out, last = selective_scan(**kw, delta_softplus=True, return_last_state=True, backend=backend)
+        return out, last
+
+    assert torch.autograd.gradcheck(fn, [inputs[k] for k in names], eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_bfloat16_inputs(backend):
+    inputs = make_inputs(2, 8, 50, 16, dtype=torch.bfloat16)
+    out = selective_scan(**inputs, delta_softplus=True, backend=backend)
+    ref = selective_scan_ref(**inputs, delta_softplus=True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    out.float().square().sum().backward()
+    assert inputs["u"].grad.dtype == torch.bfloat16 and inputs["A"].grad.dtype == torch.bfloat16
+    assert all(torch.isfinite(inputs[k].grad.float()).all() for k in GRAD_NAMES)
+
+
+def test_without_softplus_or_bias():
+    inputs = make_inputs(2, 4, 20, 4)
+    inputs["delta_bias"] = None
+    inputs["delta"] = inputs["delta"].detach().abs().requires_grad_()
+    ref = selective_scan_ref(**inputs)
+    for backend in FAST_BACKENDS:
+        torch.testing.assert_close(selective_scan(**inputs, backend=backend), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_reverse_is_flipped_forward_scan():
+    inputs = make_inputs(2, 4, 17, 4, with_z=False)
+    flipped = {k: (v.flip(-1) if k in ("u", "delta", "B", "C") else v) for k, v in inputs.items()}
+    torch.testing.assert_close(
+        selective_scan(**inputs, reverse=True, delta_softplus=True),
+        selective_scan(**flipped, delta_softplus=True).flip(-1),
+    )
+
+
+def test_long_sequence_stays_finite():
+    inputs = make_inputs(1, 4, 16384, 16)
+    out = selective_scan(**{k: v.detach() if v is not None else None for k, v in inputs.items()},
+                         delta_softplus=True)  # fmt: skip
+    assert torch.isfinite(out).all()
+    assert out.abs().max() < 1e4
+
+
+def test_automatic_dispatch_and_env_override(monkeypatch):
+    assert available_backends("cpu")[0] == "cpu_fused"
+    inputs = make_inputs(1, 2, 5, 2)
+    calls = []
+    import mambamixer.ops.scan as mod
+
+    def spy(*args):
+        calls.append("reference")
+        return selective_scan_reference(*args)
+
+    monkeypatch.setitem(mod.BACKENDS, "reference", spy)
+    monkeypatch.setenv(BACKEND_ENV, "reference")
+    selective_scan(**inputs)
+    assert calls == ["reference"]
+    monkeypatch.setenv(BACKEND_ENV, "nonsense")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        selective_scan(**inputs)
+
+
+def test_unavailable_backends_raise_actionable_errors():
+    inputs = make_inputs(1, 2, 5, 2)
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        selective_scan(**inputs, backend="cuda")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(u=torch.randn(2, 4)), r"u must have shape \(batch, d_inner, length\)"),
+        (dict(delta=torch.randn(2, 4, 9)), r"delta must have shape \(batch, d_inner, length\) = \(2, 4, 10"),
+        (dict(A=torch.randn(5, 3)), r"A must have shape \(d_inner, d_state\) = \(4, d_state\)"),
+        (dict(B=torch.randn(2, 2, 10)), r"B must have shape \(batch, d_state, length\) = \(2, 3, 10\)"),
+        (dict(C=torch.randn(2, 3, 3, 10)), r"C has 3 groups, which must divide d_inner = 4"),
+        (dict(C=torch.randn(2, 3)), r"C must have shape"),
+        (dict(D=torch.randn(3)), r"D must have shape \(d_inner,\) = \(4,\)"),
+        (dict(z=torch.randn(2, 4, 11)), r"z must have shape"),
+        (dict(delta_bias=torch.randn(4, 1)), r"delta_bias must have shape"),
+        (dict(u=torch.ones(2, 4, 10, dtype=torch.int64)), r"u must be a floating-point tensor"),
+        (dict(B=[[1.0]]), r"B must be a torch.Tensor"),
+    ],
+)
+def test_bad_arguments_raise_value_error(change, match):
+    args = dict(u=torch.randn(2, 4, 10), delta=torch.rand(2, 4, 10), A=-torch.rand(4, 3), D=torch.randn(4),
+                B=torch.randn(2, 3, 10), C=torch.randn(2, 3, 10), z=None, delta_bias=None)  # fmt: skip
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        selective_scan(**args)
