@@ -13,22 +13,22 @@ on disk after the first call.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mambamixer.ops.numba_math import fast_exp
 
 _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
-_SOFTPLUS_THRESHOLD = 20.0  # as torch.nn.functional.softplus
 
 
 @numba.njit(**_JIT)
-def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, has_z, softplus, out, last_state):
+def _forward_kernel(u, dt, A, Bm, Cm, D, y_out, last_state):
+    """y = C . h + D u for every (batch, channel); dt is the already-activated step size."""
     batch, dim, length = u.shape
     d_state = A.shape[1]
     per_group = dim // Bm.shape[1]
@@ -39,29 +39,26 @@ def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, has_z, softplus, out, last_
         h = np.zeros(d_state, dtype=u.dtype)
         a_row = A[d]
         for t in range(length):
-            dt = delta[b, d, t] + bias[d]
-            if softplus and dt <= _SOFTPLUS_THRESHOLD:
-                dt = math.log1p(math.exp(dt))
             x = u[b, d, t]
-            dt_x = dt * x
+            dt_t = dt[b, d, t]
+            dt_x = dt_t * x
             b_t = Bm[b, g, t]
             c_t = Cm[b, g, t]
             y = D[d] * x
             for n in range(d_state):
-                h[n] = fast_exp(dt * a_row[n]) * h[n] + dt_x * b_t[n]
+                h[n] = fast_exp(dt_t * a_row[n]) * h[n] + dt_x * b_t[n]
                 y += h[n] * c_t[n]
-            if has_z:
-                zz = z[b, d, t]
-                y *= zz / (1.0 + math.exp(-zz))
-            out[b, d, t] = y
+            y_out[b, d, t] = y
         last_state[b, d] = h
 
 
 @numba.njit(**_JIT)
-def _backward_kernel(
-    u, delta, A, Bm, Cm, D, z, bias, has_z, softplus, dout, dlast,
-    du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, n_chunks,
-):  # fmt: skip
+def _backward_kernel(u, dt, A, Bm, Cm, D, dy, dlast, du, ddt, dA_part, dB_part, dC_part, dD, n_chunks):
+    """Gradients of the pre-gate output y; dB/dC/dA are accumulated per work item.
+
+    Bm, Cm: (batch, groups, length * d_state); dB_part, dC_part: (n_chunks, batch, groups,
+    length * d_state). Flat indexing (t * d_state + n) lets LLVM vectorise the d_state loops.
+    """
     batch, dim, length = u.shape
     d_state = A.shape[1]
     per_group = dim // Bm.shape[1]
@@ -69,67 +66,53 @@ def _backward_kernel(
     for item in numba.prange(batch * n_chunks):
         b = item // n_chunks
         c = item % n_chunks
-        states = np.zeros((length + 1, d_state), dtype=u.dtype)  # states[t + 1] = h_t, states[0] = 0
-        decays = np.empty((length, d_state), dtype=u.dtype)  # exp(dt_t * A)
-        dts = np.empty(length, dtype=u.dtype)
-        ys = np.empty(length, dtype=u.dtype)  # pre-gate outputs, for dz
+        states = np.zeros((length + 1) * d_state, dtype=u.dtype)  # h_t at (t + 1) * d_state, h_{-1} = 0
+        decays = np.empty(length * d_state, dtype=u.dtype)  # exp(dt_t * A)
         dh = np.empty(d_state, dtype=u.dtype)
         dA_acc = np.empty(d_state, dtype=u.dtype)
         for d in range(c * chunk, min(dim, (c + 1) * chunk)):
             g = d // per_group
             a_row = A[d]
+            Bf = Bm[b, g]
+            Cf = Cm[b, g]
+            dBf = dB_part[c, b, g]
+            dCf = dC_part[c, b, g]
             # Recompute the forward states of channel d.
             for t in range(length):
-                dt = delta[b, d, t] + bias[d]
-                if softplus and dt <= _SOFTPLUS_THRESHOLD:
-                    dt = math.log1p(math.exp(dt))
-                dts[t] = dt
-                dt_x = dt * u[b, d, t]
-                b_t, c_t, prev, cur, dec = Bm[b, g, t], Cm[b, g, t], states[t], states[t + 1], decays[t]
-                y = D[d] * u[b, d, t]
+                dt_t = dt[b, d, t]
+                dt_x = dt_t * u[b, d, t]
+                o = t * d_state
                 for n in range(d_state):
-                    dec[n] = fast_exp(dt * a_row[n])
-                    cur[n] = dec[n] * prev[n] + dt_x * b_t[n]
-                    y += cur[n] * c_t[n]
-                ys[t] = y
-            # Adjoint recurrence, right to left; dh holds dLoss/dh_t.
-            dh[:] = dlast[b, d]
-            dA_acc[:] = 0.0
+                    e = fast_exp(dt_t * a_row[n])
+                    decays[o + n] = e
+                    states[o + d_state + n] = e * states[o + n] + dt_x * Bf[o + n]
+            for n in range(d_state):
+                dh[n] = dlast[b, d, n]
+                dA_acc[n] = 0.0
             dD_acc = 0.0
-            dbias_acc = 0.0
+            # Adjoint recurrence, right to left; dh holds dLoss/dh_t.
             for t in range(length - 1, -1, -1):
                 x = u[b, d, t]
-                dt = dts[t]
-                grad_y = dout[b, d, t]
-                if has_z:
-                    zz = z[b, d, t]
-                    sig = 1.0 / (1.0 + math.exp(-zz))
-                    dz[b, d, t] = grad_y * ys[t] * sig * (1.0 + zz * (1.0 - sig))
-                    grad_y *= zz * sig
+                dt_t = dt[b, d, t]
+                grad_y = dy[b, d, t]
                 dD_acc += grad_y * x
                 dx = grad_y * D[d]
-                ddt = 0.0
-                b_t, c_t, prev, cur, dec = Bm[b, g, t], Cm[b, g, t], states[t], states[t + 1], decays[t]
-                dB_t, dC_t = dB_part[c, b, g, t], dC_part[c, b, g, t]
+                ddt_t = 0.0
+                o = t * d_state
                 for n in range(d_state):
-                    dh_n = dh[n] + grad_y * c_t[n]
-                    dC_t[n] += grad_y * cur[n]
-                    d_exponent = dh_n * prev[n] * dec[n]  # dLoss/d(dt * A_dn)
-                    ddt += d_exponent * a_row[n] + dh_n * b_t[n] * x
-                    dA_acc[n] += d_exponent * dt
-                    dB_t[n] += dh_n * dt * x
-                    dx += dh_n * dt * b_t[n]
-                    dh[n] = dh_n * dec[n]
+                    dh_n = dh[n] + grad_y * Cf[o + n]
+                    dCf[o + n] += grad_y * states[o + d_state + n]
+                    d_exponent = dh_n * states[o + n] * decays[o + n]  # dLoss/d(dt * A_dn)
+                    ddt_t += d_exponent * a_row[n] + dh_n * Bf[o + n] * x
+                    dA_acc[n] += d_exponent * dt_t
+                    dBf[o + n] += dh_n * dt_t * x
+                    dx += dh_n * dt_t * Bf[o + n]
+                    dh[n] = dh_n * decays[o + n]
                 du[b, d, t] = dx
-                if softplus:
-                    raw = delta[b, d, t] + bias[d]
-                    if raw <= _SOFTPLUS_THRESHOLD:
-                        ddt *= 1.0 / (1.0 + math.exp(-raw))
-                ddelta[b, d, t] = ddt
-                dbias_acc += ddt
-            dA_part[b, d] = dA_acc
-            dD_part[b, d] = dD_acc
-            dbias_part[b, d] = dbias_acc
+                ddt[b, d, t] = ddt_t
+            for n in range(d_state):
+                dA_part[b, d, n] = dA_acc[n]
+            dD[b, d] = dD_acc
 
 
 def _as_grouped(M: Tensor) -> Tensor:
@@ -145,64 +128,38 @@ def _n_chunks(batch: int, dim: int) -> int:
 
 
 class _FusedScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-        dim = u.shape[1]
-        ctx.B_shape, ctx.C_shape = B.shape, C.shape
-        ctx.dtypes = [t.dtype if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias)]
-        ctx.has_D, ctx.has_z, ctx.has_bias = D is not None, z is not None, delta_bias is not None
-        ctx.softplus = delta_softplus
-        uf, df, zf = (t.to(compute).contiguous() if t is not None else None for t in (u, delta, z))
-        Af = A.to(compute).contiguous()
-        Bf, Cf = _as_grouped(B.to(compute)), _as_grouped(C.to(compute))
-        Df = D.to(compute).contiguous() if D is not None else uf.new_zeros(dim)
-        biasf = delta_bias.to(compute).contiguous() if delta_bias is not None else uf.new_zeros(dim)
-        zarr = zf.numpy() if zf is not None else np.empty((1, 1, 1), dtype=uf.numpy().dtype)
-        out = torch.empty_like(uf)
-        last = uf.new_empty(u.shape[0], dim, A.shape[1])
-        _forward_kernel(
-            uf.numpy(), df.numpy(), Af.numpy(), Bf.numpy(), Cf.numpy(), Df.numpy(), zarr,
-            biasf.numpy(), zf is not None, delta_softplus, out.numpy(), last.numpy(),
-        )  # fmt: skip
-        ctx.save_for_backward(uf, df, Af, Bf, Cf, Df, zf, biasf)
-        return out.to(u.dtype), last
+    """The scan proper; the element-wise softplus and SiLU gate run in PyTorch around it."""
 
     @staticmethod
-    def backward(ctx, dout, dlast):
-        uf, df, Af, Bf, Cf, Df, zf, biasf = ctx.saved_tensors
-        batch, dim, _ = uf.shape
-        dout = dout.to(uf.dtype).contiguous()
-        dlast = torch.zeros_like(uf[:, :, :1].expand(-1, -1, Af.shape[1])) if dlast is None else dlast
-        dlast = dlast.to(uf.dtype).contiguous()
+    def forward(ctx, u, dt, A, B, C, D):
+        ctx.B_shape, ctx.C_shape = B.shape, C.shape
+        Bg, Cg = _as_grouped(B), _as_grouped(C)
+        y = torch.empty_like(u)
+        last = u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+        _forward_kernel(u.numpy(), dt.numpy(), A.numpy(), Bg.numpy(), Cg.numpy(), D.numpy(), y.numpy(), last.numpy())
+        ctx.save_for_backward(u, dt, A, Bg, Cg, D)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u, dt, A, Bg, Cg, D = ctx.saved_tensors
+        batch, dim, _ = u.shape
+        dy = torch.zeros_like(u) if dy is None else dy.contiguous()
+        dlast = u.new_zeros(batch, dim, A.shape[1]) if dlast is None else dlast.contiguous()
         n_chunks = _n_chunks(batch, dim)
-        du, ddelta = torch.empty_like(uf), torch.empty_like(uf)
-        dz = torch.empty_like(zf) if zf is not None else uf.new_empty(1, 1, 1)
-        dA_part = uf.new_zeros(batch, *Af.shape)
-        dB_part = uf.new_zeros(n_chunks, *Bf.shape)
-        dC_part = uf.new_zeros(n_chunks, *Cf.shape)
-        dD_part, dbias_part = uf.new_empty(batch, dim), uf.new_empty(batch, dim)
-        zarr = zf.numpy() if zf is not None else dz.numpy()
+        du, ddt = torch.empty_like(u), torch.empty_like(u)
+        dA_part, dD = u.new_empty(batch, *A.shape), u.new_empty(batch, dim)
+        dB_part, dC_part = u.new_zeros(n_chunks, *Bg.shape), u.new_zeros(n_chunks, *Cg.shape)
+        flat = Bg.shape[:2] + (-1,)
         _backward_kernel(
-            uf.numpy(), df.numpy(), Af.numpy(), Bf.numpy(), Cf.numpy(), Df.numpy(), zarr, biasf.numpy(),
-            zf is not None, ctx.softplus, dout.numpy(), dlast.numpy(), du.numpy(), ddelta.numpy(),
-            dz.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(), dD_part.numpy(),
-            dbias_part.numpy(), n_chunks,
+            u.numpy(), dt.numpy(), A.numpy(), Bg.reshape(flat).numpy(), Cg.reshape(flat).numpy(), D.numpy(),
+            dy.numpy(), dlast.numpy(),
+            du.numpy(), ddt.numpy(), dA_part.numpy(), dB_part.reshape((n_chunks,) + flat).numpy(),
+            dC_part.reshape((n_chunks,) + flat).numpy(), dD.numpy(), n_chunks,
         )  # fmt: skip
-        dt_u, dt_delta, dt_A, dt_B, dt_C, dt_D, dt_z, dt_bias = ctx.dtypes
-        dB = dB_part.sum(0).transpose(2, 3).reshape(ctx.B_shape).to(dt_B)
-        dC = dC_part.sum(0).transpose(2, 3).reshape(ctx.C_shape).to(dt_C)
-        return (
-            du.to(dt_u),
-            ddelta.to(dt_delta),
-            dA_part.sum(0).to(dt_A),
-            dB,
-            dC,
-            dD_part.sum(0).to(dt_D) if ctx.has_D else None,
-            dz.to(dt_z) if ctx.has_z else None,
-            dbias_part.sum(0).to(dt_bias) if ctx.has_bias else None,
-            None,
-        )
+        dB = dB_part.sum(0).transpose(2, 3).reshape(ctx.B_shape)
+        dC = dC_part.sum(0).transpose(2, 3).reshape(ctx.C_shape)
+        return du, ddt, dA_part.sum(0), dB, dC, dD.sum(0)
 
 
 def selective_scan_cpu_fused(
@@ -222,7 +179,19 @@ def selective_scan_cpu_fused(
     Computes in float32 (float64 for float64 inputs); bfloat16/float16 inputs are upcast and
     the output cast back. The last state is differentiable too.
     """
-    out, last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    dt = delta.to(compute)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    D = D.to(compute) if D is not None else u.new_zeros(u.shape[1], dtype=compute)
+    y, last = _FusedScan.apply(
+        u.to(compute).contiguous(), dt.contiguous(), A.to(compute).contiguous(), B.to(compute), C.to(compute), D
+    )
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    out = y.to(u.dtype)
     return (out, last) if return_last_state else out
 
 

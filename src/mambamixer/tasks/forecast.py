@@ -230,7 +230,6 @@ def run_forecast(
         if len(getattr(fd, split)) == 0:
             raise ValueError(f"{fd.name}: the {split} split has no window of seq_len {seq_len} + "
                              f"horizon {horizon}")
-    _prepare_out(out)
     dev = _device(device)
     generator = seed_everything(seed)
     try:
@@ -238,6 +237,7 @@ def run_forecast(
                            **overrides)
     except TypeError as err:
         raise ValueError(f"bad model override for {model!r}: {err}") from err
+    _prepare_out(out)
     net.to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

@@ -1,0 +1,135 @@
+"""Selective-scan benchmark: every backend, and mambapy's parallel scan as the baseline.
+
+    python benchmarks/scan.py [--repeats 5] [--shapes 8,256,384,16 ...] [--json out.json]
+
+Times are the minimum over repeats (robust to other load on the machine) of forward, and of
+forward+backward, at (batch, length, d_inner, d_state). Ratios are against mambapy's pscan
+and against the sequential PyTorch loop (the ``reference`` backend), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mambamixer.ops import selective_scan
+
+DEFAULT_SHAPES = [(8, 256, 384, 16), (32, 96, 128, 16), (4, 2048, 256, 16)]
+
+try:
+    from mambapy.pscan import pscan
+except ImportError:
+    pscan = None
+
+
+def make_inputs(batch: int, length: int, d_inner: int, d_state: int, device: str) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    t = {
+        "u": torch.randn(batch, d_inner, length, generator=g),
+        "delta": torch.randn(batch, d_inner, length, generator=g) * 0.5 - 2.0,
+        "A": -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1),
+        "B": torch.randn(batch, d_state, length, generator=g),
+        "C": torch.randn(batch, d_state, length, generator=g),
+        "D": torch.ones(d_inner),
+        "z": torch.randn(batch, d_inner, length, generator=g),
+        "delta_bias": torch.zeros(d_inner),
+    }
+    return {k: v.to(device).requires_grad_() for k, v in t.items()}
+
+
+def mambapy_scan(u, delta, A, B, C, D, z, delta_bias):
+    """The same S6 computation through mambapy's pscan, in its (batch, length, ...) layout."""
+    dt = F.softplus(delta + delta_bias[:, None]).transpose(1, 2)  # (b, l, d)
+    x = u.transpose(1, 2)
+    decay = torch.exp(dt.unsqueeze(-1) * A)  # (b, l, d, n)
+    drive = (dt * x).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(2)
+    hs = pscan(decay, drive)
+    y = (hs @ C.transpose(1, 2).unsqueeze(-1)).squeeze(-1) + D * x
+    return (y * F.silu(z.transpose(1, 2))).transpose(1, 2)
+
+
+def timed(fn, repeats: int, backward: bool, device: str) -> float:
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first run warms up (and compiles numba kernels)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        if backward:
+            fn().sum().backward()
+        else:
+            with torch.no_grad():
+                fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run(shapes, repeats: int, device: str, include_reference: bool) -> list[dict]:
+    from mambamixer.ops import available_backends
+
+    rows = []
+    for shape in shapes:
+        inputs = make_inputs(*shape, device)
+        methods = {f"selective_scan[{b}]": b for b in available_backends(device)}
+        if not include_reference:
+            methods.pop("selective_scan[reference]")
+        fns = {
+            name: (lambda b=b: selective_scan(**inputs, delta_softplus=True, backend=b)) for name, b in methods.items()
+        }
+        if pscan is not None:
+            fns["mambapy.pscan"] = lambda: mambapy_scan(**inputs)
+        for name, fn in fns.items():
+            row = {"shape": list(shape), "method": name}
+            row["forward_s"] = timed(fn, repeats, False, device)
+            row["forward_backward_s"] = timed(fn, max(1, repeats // 2) if "reference" in name else repeats, True,
+                                              device)  # fmt: skip
+            rows.append(row)
+            print(f"{str(shape):>22} {name:<28} fwd {row['forward_s'] * 1e3:9.2f} ms   "
+                  f"fwd+bwd {row['forward_backward_s'] * 1e3:9.2f} ms", flush=True)  # fmt: skip
+    return rows
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    lines = []
+    for shape in sorted({tuple(r["shape"]) for r in rows}):
+        by = {r["method"]: r for r in rows if tuple(r["shape"]) == shape}
+        fused = by.get("selective_scan[cpu_fused]") or by.get("selective_scan[cuda]") or by.get(
+            "selective_scan[chunked]")  # fmt: skip
+        for base_name in ("mambapy.pscan", "selective_scan[reference]"):
+            base = by.get(base_name)
+            if base and fused and base is not fused:
+                lines.append(
+                    f"{str(shape):>22} {fused['method']} vs {base_name}: forward {base['forward_s'] / fused['forward_s']:.1f}x, "
+                    f"forward+backward {base['forward_backward_s'] / fused['forward_backward_s']:.1f}x faster"
+                )  # fmt: skip
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shapes", nargs="*", default=None, help="batch,length,d_inner,d_state")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-reference", action="store_true", help="skip the slow sequential loop")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    args = parser.parse_args()
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, device {args.device}, mambapy {'yes' if pscan else 'not installed'}")
+    rows = run(shapes, args.repeats, args.device, not args.no_reference)
+    print("\nratios (same run):")
+    for line in ratios(rows):
+        print(line)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
