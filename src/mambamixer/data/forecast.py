@@ -598,8 +598,10 @@ def load_forecast_data(
 
     if freq is not None:
         freq_key = _normalise_freq(freq)
+    elif spec is not None:
+        freq_key = spec.freq
     else:
-        freq_key = spec.freq if spec is not None else _infer_freq(dates)
+        freq_key = _infer_freq(dates)
     marks, mark_names = time_features(dates[:end], freq_key)
     splits = {
         name: ForecastWindows(scaled[lo:hi], marks[lo:hi], seq_len, horizon, split=name, start=lo)

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambamixer.layers.attention import TransformerEncoder
 from mambamixer.layers.normalization import RevIN
+from mambamixer.layers.patching import n_patches, patchify
 from mambamixer.models.pretrained import PretrainedMixin
 from mambamixer.models.registry import register_model
 
@@ -44,7 +44,7 @@ class PatchTSTConfig:
 
     @property
     def n_patches(self) -> int:
-        return (self.seq_len - self.patch_len) // self.stride + 1 + int(self.pad_end)
+        return n_patches(self.seq_len, self.patch_len, self.stride, self.pad_end)
 
 
 class PatchTST(PretrainedMixin, nn.Module):
@@ -80,10 +80,7 @@ class PatchTST(PretrainedMixin, nn.Module):
         batch, _, n_vars = x.shape
         if self.revin is not None:
             x, stats = self.revin.normalize(x)
-        z = x.transpose(1, 2)  # (batch, n_vars, seq_len)
-        if c.pad_end:
-            z = F.pad(z, (0, c.stride), mode="replicate")  # (batch, n_vars, seq_len + stride)
-        z = z.unfold(-1, c.patch_len, c.stride)  # (batch, n_vars, n_patches, patch_len)
+        z = patchify(x.transpose(1, 2), c.patch_len, c.stride, c.pad_end)  # (batch, n_vars, n_patches, patch_len)
         z = self.patch_embed(z).reshape(batch * n_vars, c.n_patches, c.d_model)
         z = self.encoder(self.dropout(z + self.pos_embed))  # (batch * n_vars, n_patches, d_model)
         # flatten d_model-major, as the official head does: (batch, n_vars, d_model * n_patches)

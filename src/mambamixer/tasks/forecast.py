@@ -62,7 +62,11 @@ def training_defaults(model: str) -> dict[str, Any]:
     """The full set of training hyper-parameters used when a flag is left as None."""
     base = {"optimizer": "adamw", "lr": 1e-3, "schedule": "constant", "epochs": 10, "batch_size": 32,
             "patience": None, "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None}
-    return {**base, **TRAINING_DEFAULTS.get(model, FALLBACK_DEFAULTS)}
+    entry = TRAINING_DEFAULTS.get(model)
+    if entry is None:  # a size of a known family ("tsm2_512") takes the family's defaults
+        family = [k for k in TRAINING_DEFAULTS if model.startswith(k + "_")]
+        entry = TRAINING_DEFAULTS[max(family, key=len)] if family else FALLBACK_DEFAULTS
+    return {**base, **entry}
 
 
 def default_out(model: str, data: str, seq_len: int, horizon: int) -> Path:

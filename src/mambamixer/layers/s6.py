@@ -1,0 +1,101 @@
+"""S6: Mamba's selective state space layer (projections, initialisation, scan call)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from mambamixer.ops import selective_scan
+
+
+def no_weight_decay(param: nn.Parameter) -> nn.Parameter:
+    """Mark a parameter to be excluded from weight decay (as mamba_ssm does for A_log, D)."""
+    param._no_weight_decay = True
+    return param
+
+
+class S6(nn.Module):
+    """Selective SSM over the length axis: (batch, d_inner, length) -> (batch, d_inner, length).
+
+    delta = softplus(dt_proj(x_proj_dt(x)) + dt_bias), B = x W_B, C = x W_C, A = -exp(A_log);
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t, y_t = C_t . h_t + D x_t.
+
+    ``selective=False`` makes delta, B and C learned constants (input-independent): the
+    non-selective ablation of the Mamba paper (an LTI S4D-like layer).
+    """
+
+    def __init__(
+        self,
+        d_inner: int,
+        d_state: int = 16,
+        dt_rank: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        selective: bool = True,
+    ) -> None:
+        super().__init__()
+        self.d_inner, self.d_state, self.selective = d_inner, d_state, selective
+        self.dt_rank = dt_rank or math.ceil(d_inner / 32)  # Mamba: ceil(d_model / 16), d_inner = 2 d_model
+        if selective:
+            self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+            self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=False)
+            bound = self.dt_rank**-0.5
+            nn.init.uniform_(self.dt_proj.weight, -bound, bound)
+        else:
+            self.B = nn.Parameter(torch.randn(d_state) / math.sqrt(d_state))
+            self.C = nn.Parameter(torch.randn(d_state) / math.sqrt(d_state))
+        # softplus(dt_bias) is log-uniform in [dt_min, dt_max] (Mamba's initialisation).
+        dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = no_weight_decay(nn.Parameter(dt + torch.log(-torch.expm1(-dt))))  # inverse softplus
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        self.A_log = no_weight_decay(nn.Parameter(torch.log(A)))
+        self.D = no_weight_decay(nn.Parameter(torch.ones(d_inner)))
+
+    def ssm_parameters(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """delta (before bias and softplus) (batch, d_inner, length), B and C (batch, d_state, length)."""
+        batch, _, length = x.shape
+        if not self.selective:
+            return (
+                x.new_zeros(batch, self.d_inner, length),
+                self.B.to(x.dtype)[None, :, None].expand(batch, -1, length),
+                self.C.to(x.dtype)[None, :, None].expand(batch, -1, length),
+            )
+        x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = rearrange(self.dt_proj(dt), "(b l) d -> b d l", b=batch)
+        B = rearrange(B, "(b l) n -> b n l", b=batch)
+        C = rearrange(C, "(b l) n -> b n l", b=batch)
+        return delta, B, C
+
+    def forward(self, x: Tensor, z: Tensor | None = None, reverse: bool = False) -> Tensor:
+        """x, z (batch, d_inner, length) -> (batch, d_inner, length); z gates the output by SiLU."""
+        delta, B, C = self.ssm_parameters(x)
+        A = -torch.exp(self.A_log.float())
+        return selective_scan(
+            x, delta, A, B.contiguous(), C.contiguous(), self.D.float(), z=z,
+            delta_bias=self.dt_bias.float(), delta_softplus=True, reverse=reverse,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, selective={self.selective}"
+
+
+def causal_depthwise_conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """Depthwise conv padded on the left only: output t sees inputs <= t. x (batch, d, length).
+
+    Written as a sum of shifted, scaled copies: for the short kernels of Mamba (4 taps) this is
+    several times faster on CPU than oneDNN's depthwise convolution, forward and backward.
+    """
+    kernel = conv.weight.shape[-1]  # weight (d, 1, kernel)
+    padded = F.pad(x, (kernel - 1, 0))
+    length = x.shape[-1]
+    out = padded[..., kernel - 1 :] * conv.weight[:, 0, kernel - 1, None]
+    for k in range(kernel - 1):
+        out = out + padded[..., k : k + length] * conv.weight[:, 0, k, None]
+    return out if conv.bias is None else out + conv.bias[:, None]

@@ -1,0 +1,75 @@
+"""Scan orders: the one abstraction for the order in which an S6 visits tokens.
+
+A scan order is a permutation of the token axis. ``apply`` reorders a sequence
+(..., length) into scan order, ``undo`` puts a scanned sequence back. 1D orders work on any
+length; 2D orders (used by the vision models and Switch of Scans) need the grid (height, width)
+and assume row-major token layout.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+ORDERS_1D = ("forward", "reverse")
+ORDERS_2D = ("row", "row_reverse", "column", "column_reverse", "snake", "snake_reverse", "diagonal",
+             "diagonal_reverse")  # fmt: skip
+
+
+@lru_cache(maxsize=256)
+def _grid_permutation(name: str, height: int, width: int) -> tuple[int, ...]:
+    """Token indices (row-major numbering) in the order the scan visits them."""
+    base = name.removesuffix("_reverse")
+    idx = torch.arange(height * width).reshape(height, width)
+    if base == "row":
+        order = idx.flatten()
+    elif base == "column":
+        order = idx.t().flatten()
+    elif base == "snake":  # boustrophedon: left-to-right, then right-to-left on the next row
+        rows = [idx[r] if r % 2 == 0 else idx[r].flip(0) for r in range(height)]
+        order = torch.cat(rows)
+    elif base == "diagonal":  # anti-diagonals, top-left to bottom-right
+        order = torch.cat([idx.flip(1).diagonal(offset=width - 1 - k) for k in range(height + width - 1)])
+    else:
+        raise ValueError(f"unknown scan order {name!r}; known: {ORDERS_1D + ORDERS_2D}")
+    if name.endswith("_reverse"):
+        order = order.flip(0)
+    return tuple(order.tolist())
+
+
+class ScanOrder:
+    """A named token order. 1D: 'forward', 'reverse'. 2D: see ``ORDERS_2D``."""
+
+    def __init__(self, name: str) -> None:
+        if name not in ORDERS_1D + ORDERS_2D:
+            raise ValueError(f"unknown scan order {name!r}; known: {ORDERS_1D + ORDERS_2D}")
+        self.name = name
+        self.is_2d = name in ORDERS_2D
+
+    def permutation(self, length: int, grid: tuple[int, int] | None = None, device=None) -> Tensor | None:
+        """Index tensor of the scan order, or None for the identity."""
+        if self.name == "forward":
+            return None
+        if self.name == "reverse":
+            return torch.arange(length - 1, -1, -1, device=device)
+        if grid is None or grid[0] * grid[1] != length:
+            raise ValueError(f"scan order {self.name!r} needs grid=(height, width) with height * width = {length}, "
+                             f"got {grid}")  # fmt: skip
+        return torch.tensor(_grid_permutation(self.name, *grid), device=device)
+
+    def apply(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """x (..., length) in token order -> (..., length) in scan order."""
+        perm = self.permutation(x.shape[-1], grid, x.device)
+        return x if perm is None else x.index_select(-1, perm)
+
+    def undo(self, y: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """y (..., length) in scan order -> (..., length) in token order."""
+        perm = self.permutation(y.shape[-1], grid, y.device)
+        if perm is None:
+            return y
+        return y.index_select(-1, torch.argsort(perm))
+
+    def __repr__(self) -> str:
+        return f"ScanOrder({self.name!r})"

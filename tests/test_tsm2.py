@@ -1,0 +1,101 @@
+"""TSM2: shapes, causality of the time mixer, covariates, save/load, errors, learning on ETTh1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from mambamixer import create_model
+from mambamixer.data.forecast import load_forecast_data
+from mambamixer.models.tsm2 import TSM2
+
+
+def small(**kw) -> TSM2:
+    torch.manual_seed(0)
+    cfg = dict(seq_len=48, horizon=24, n_vars=5, d_model=16, n_blocks=2, d_state=8, patch_len=8, stride=4)
+    cfg.update(kw)
+    return create_model("tsm2", **cfg)
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_marks": 4}, {"channel_mixer": False}, {"weighted_average": False},
+                                {"patch_len": 1, "stride": 1}, {"n_static": 3}])  # fmt: skip
+def test_shapes(kw):
+    model = small(**kw)
+    x = torch.randn(3, 48, 5)
+    marks = dict(x_mark=torch.randn(3, 48, 4), y_mark=torch.randn(3, 24, 4)) if kw.get("n_marks") else {}
+    static = dict(static=torch.randn(3, 5, 3)) if kw.get("n_static") else {}
+    assert model(x, **marks, **static).shape == (3, 24, 5)
+
+
+def test_lookback_512_configuration():
+    model = create_model("tsm2_512", horizon=96, n_vars=7, d_model=16)
+    assert model.config.seq_len == 512 and model.config.n_patches == 64
+    assert model(torch.randn(2, 512, 7)).shape == (2, 96, 7)
+
+
+def test_token_mixer_is_causal_in_time():
+    model = small()
+    token_mixer = model.mixer.mixers[0]
+    tokens = torch.randn(2, 5, model.config.n_patches, 16, requires_grad=True)
+    t = 4
+    token_mixer(tokens)[:, :, t].sum().backward()
+    per_patch = tokens.grad.abs().sum(dim=(0, 1, 3))
+    assert torch.all(per_patch[t + 1 :] == 0) and torch.all(per_patch[: t + 1] > 0)
+
+
+def test_covariates_change_the_output():
+    model = small(n_marks=4).eval()
+    x, xm, ym = torch.randn(2, 48, 5), torch.randn(2, 48, 4), torch.randn(2, 24, 4)
+    base = model(x, xm, ym)
+    assert not torch.allclose(base, model(x, xm, ym + 1.0)), "future covariates have no effect"
+    assert not torch.allclose(base, model(x, xm + 1.0, ym)), "historical covariates have no effect"
+    static_model = small(n_static=2).eval()
+    s = torch.randn(2, 5, 2)
+    assert not torch.allclose(static_model(x, static=s), static_model(x, static=s + 1.0))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = small(n_marks=4).eval()
+    model.save_pretrained(tmp_path)
+    loaded = TSM2.from_pretrained(tmp_path).eval()
+    x, xm, ym = torch.randn(2, 48, 5), torch.randn(2, 48, 4), torch.randn(2, 24, 4)
+    assert torch.equal(model(x, xm, ym), loaded(x, xm, ym))
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = small(n_marks=4)
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, seq_len, n_vars\) = \(batch, 48, 5\)"):
+        model(torch.randn(2, 40, 5))
+    with pytest.raises(ValueError, match=r"y_mark must have shape \(batch, 24, n_marks=4\)"):
+        model(torch.randn(2, 48, 5), torch.randn(2, 48, 4), torch.randn(2, 24, 3))
+    with pytest.raises(ValueError, match="shorter than patch_len"):
+        create_model("tsm2", seq_len=8, patch_len=16)
+    with pytest.raises(ValueError, match="d_model must be >= 1"):
+        create_model("tsm2", d_model=0)
+
+
+def test_short_training_lowers_validation_loss_on_etth1(shared_data):
+    torch.manual_seed(0)
+    data = load_forecast_data("ETTh1", seq_len=96, horizon=24, data_dir=shared_data)
+    model = create_model("tsm2", seq_len=96, horizon=24, n_vars=data.n_vars, n_marks=data.n_marks, d_model=32)
+    train = DataLoader(Subset(data.train, range(0, len(data.train), 4)), batch_size=32, shuffle=True)
+    val_x, val_y, val_xm, val_ym = next(iter(DataLoader(data.val, batch_size=512, shuffle=True)))
+
+    def val_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(model(val_x, val_xm, val_ym), val_y).item()
+
+    before = val_loss()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for step, (x, y, xm, ym) in enumerate(train):
+        loss = torch.nn.functional.mse_loss(model(x, xm, ym), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step == 40:
+            break
+    after = val_loss()
+    assert after < 0.85 * before, (before, after)
