@@ -110,17 +110,16 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, inputs: Tensor, targets: Tensor, batch: int = 250) -> tuple[float, float]:
-    """(token accuracy, sequence accuracy) on the answer positions."""
+def evaluate(model: nn.Module, inputs: Tensor, targets: Tensor, batch: int = 250) -> tuple[float, float, list[float]]:
+    """(token accuracy, sequence accuracy, accuracy of each answer index) on the answer positions."""
     model.eval()
-    correct = seq_correct = 0
+    hits = []
     for i in range(0, len(inputs), batch):
         pred = answer_logits(model, inputs[i : i + batch], targets.shape[1]).argmax(-1)
-        hit = pred == targets[i : i + batch]
-        correct += int(hit.sum())
-        seq_correct += int(hit.all(dim=1).sum())
+        hits.append(pred == targets[i : i + batch])
     model.train()
-    return correct / targets.numel(), seq_correct / len(targets)
+    hit = torch.cat(hits).float()
+    return hit.mean().item(), hit.all(dim=1).float().mean().item(), hit.mean(dim=0).tolist()
 
 
 @dataclass
@@ -160,7 +159,8 @@ def train(model: nn.Module, cfg: TaskConfig, recipe: Recipe, seed: int, log_ever
         if log_every and (step + 1) % log_every == 0:
             msg = f"  [{name}] step {step + 1:5d}  loss {running / log_every:.4f}"
             if eval_set is not None:
-                msg += f"  val acc {evaluate(model, eval_set[0][:500], eval_set[1][:500])[0]:.4f}"
+                acc, _, per_index = evaluate(model, eval_set[0][:500], eval_set[1][:500])
+                msg += f"  val acc {acc:.4f}  by answer index " + " ".join(f"{a:.2f}" for a in per_index)
             print(msg, flush=True)
             history.append((step + 1, running / log_every))
             running = 0.0
@@ -176,13 +176,14 @@ def run_variant(name: str, selective: bool, args: argparse.Namespace, cfg: TaskC
     start = time.perf_counter()
     train(model, cfg, recipe, args.seed, args.log_every, eval_set, name)
     seconds = time.perf_counter() - start
-    token_acc, seq_acc = evaluate(model, *eval_set)
+    token_acc, seq_acc, per_index = evaluate(model, *eval_set)
     return {
         "model": name,
         "selective": selective,
         "params": sum(p.numel() for p in model.parameters()),
         "token_accuracy": token_acc,
         "sequence_accuracy": seq_acc,
+        "accuracy_per_answer_index": [round(a, 4) for a in per_index],
         "train_seconds": seconds,
         "steps": recipe.steps,
     }
@@ -204,10 +205,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-channel-mixer", action="store_true", help="token-mixer-only blocks")
     p.add_argument("--eval-size", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
     p.add_argument("--variants", default="selective,non-selective", help="comma-separated subset to run")
     p.add_argument("--log-every", type=int, default=100, help="0 = quiet")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = TaskConfig(args.seq_len, args.n_copy, args.n_symbols)
     eval_set = make_batch(cfg, args.eval_size, torch.Generator().manual_seed(10_000 + args.seed))

@@ -61,11 +61,15 @@ class ScanOrder:
 
     def apply(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         """x (..., length) in token order -> (..., length) in scan order."""
+        if self.name == "reverse":  # flip is much faster than a gather
+            return x.flip(-1)
         perm = self.permutation(x.shape[-1], grid, x.device)
         return x if perm is None else x.index_select(-1, perm)
 
     def undo(self, y: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         """y (..., length) in scan order -> (..., length) in token order."""
+        if self.name == "reverse":
+            return y.flip(-1)
         perm = self.permutation(y.shape[-1], grid, y.device)
         if perm is None:
             return y
