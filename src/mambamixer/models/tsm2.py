@@ -36,6 +36,7 @@ class TSM2Config:
     horizon: int = 96
     n_vars: int = 7
     n_marks: int = 0  # calendar covariates per time step, known for the lookback and the horizon
+    covariates: bool = True  # False: ignore x_mark / y_mark even when n_marks > 0 (ablation)
     n_static: int = 0  # static features per series (passed to forward as `static`)
     patch_len: int = 16  # patch_len = stride = 1 scans raw time steps
     stride: int = 8
@@ -68,9 +69,10 @@ class TSM2(PretrainedMixin, nn.Module):
         if c.n_marks < 0 or c.n_static < 0:
             raise ValueError("n_marks and n_static must be >= 0")
         n_tokens = c.n_patches
+        n_marks = c.n_marks if c.covariates else 0
         self.revin = RevIN(c.n_vars, affine=c.revin_affine)
         self.patch_embed = nn.Linear(c.patch_len, c.d_model)
-        self.history_embed = nn.Linear(c.patch_len * c.n_marks, c.d_model) if c.n_marks else None
+        self.history_embed = nn.Linear(c.patch_len * n_marks, c.d_model) if n_marks else None
         self.static_embed = nn.Linear(c.n_static, c.d_model) if c.n_static else None
         self.embed_dropout = nn.Dropout(c.dropout)
         mixer_kwargs = dict(d_state=c.d_state, expand=c.expand, d_conv=c.d_conv)
@@ -90,8 +92,9 @@ class TSM2(PretrainedMixin, nn.Module):
         self.head = nn.Sequential(
             nn.Flatten(-2), nn.Dropout(c.head_dropout), nn.Linear(n_tokens * c.d_model, c.horizon)
         )
-        if c.n_marks:
-            self.future_proj = nn.Sequential(nn.Linear(c.n_marks, c.future_hidden), nn.GELU())
+        self.future_proj = None
+        if n_marks:
+            self.future_proj = nn.Sequential(nn.Linear(n_marks, c.future_hidden), nn.GELU())
             self.future_weight = nn.Parameter(torch.randn(c.future_hidden, c.n_vars) * c.future_hidden**-0.5 * 0.1)
 
     def embed(self, x: Tensor, x_mark: Tensor | None = None, static: Tensor | None = None) -> Tensor:
@@ -119,7 +122,7 @@ class TSM2(PretrainedMixin, nn.Module):
         x, stats = self.revin.normalize(x)
         tokens = self.mixer(self.embed(x, x_mark, static))  # (batch, n_vars, n_patches, d_model)
         y = self.head(self.norm(tokens)).transpose(1, 2)  # (batch, horizon, n_vars)
-        if self.config.n_marks and y_mark is not None:
+        if self.future_proj is not None and y_mark is not None:
             y = y + self.future_proj(y_mark) @ self.future_weight
         return self.revin.denormalize(y, stats)
 
