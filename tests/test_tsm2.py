@@ -13,7 +13,8 @@ from mambamixer.models.tsm2 import TSM2
 
 def small(**kw) -> TSM2:
     torch.manual_seed(0)
-    cfg = dict(seq_len=48, horizon=24, n_vars=5, d_model=16, n_blocks=2, d_state=8, patch_len=8, stride=4)
+    cfg = dict(seq_len=48, horizon=24, n_vars=5, d_model=16, n_blocks=2, d_state=8, patch_len=8, stride=4,
+               covariates=True)
     cfg.update(kw)
     return create_model("tsm2", **cfg)
 

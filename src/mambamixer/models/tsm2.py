@@ -36,11 +36,11 @@ class TSM2Config:
     horizon: int = 96
     n_vars: int = 7
     n_marks: int = 0  # calendar covariates per time step, known for the lookback and the horizon
-    covariates: bool = True  # False: ignore x_mark / y_mark even when n_marks > 0 (ablation)
+    covariates: bool = False  # True: use x_mark / y_mark (auxiliary covariates); off by default, see docs/tsm2.md
     n_static: int = 0  # static features per series (passed to forward as `static`)
     patch_len: int = 16  # patch_len = stride = 1 scans raw time steps
     stride: int = 8
-    d_model: int = 64
+    d_model: int = 32
     n_blocks: int = 2
     d_state: int = 16
     expand: float = 2
@@ -144,7 +144,7 @@ class TSM2(PretrainedMixin, nn.Module):
 
 @register_model(task="forecast")
 def tsm2(**overrides) -> TSM2:
-    """TSM2 for lookback 96: patches of 16 (stride 8), d_model 64, 2 blocks."""
+    """TSM2 for lookback 96: patches of 16 (stride 8), d_model 32, 2 blocks."""
     return TSM2(TSM2Config(**overrides))
 
 

@@ -49,8 +49,8 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     # CPU, with a cosine decay standing in for its "type3" schedule (x0.9 per epoch after 3).
     "patchtst": {"optimizer": "adam", "lr": 1e-4, "schedule": "cosine", "epochs": 20, "batch_size": 128,
                  "patience": 5},
-    # TSM2: provisional (to be tuned): AdamW 1e-3, cosine, 10 epochs, batch 32.
-    "tsm2": {"optimizer": "adamw", "lr": 1e-3, "schedule": "cosine", "epochs": 10, "batch_size": 32,
+    # TSM2: AdamW 2e-4, cosine, 8 epochs, batch 64 (a first sweep on ETTh1-96, docs/tsm2.md).
+    "tsm2": {"optimizer": "adamw", "lr": 2e-4, "schedule": "cosine", "epochs": 8, "batch_size": 64,
              "patience": 3, "weight_decay": 0.01},
 }
 # For forecasters registered without an entry above.
