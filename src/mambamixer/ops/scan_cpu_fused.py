@@ -1,10 +1,26 @@
 """Fused CPU selective scan (forward and backward), compiled with numba.
 
-Each (batch, channel) pair is scanned by one thread with its d_state-sized state in registers,
-so the (batch, d_inner, length, d_state) tensors of the reference never exist. The backward
-pass recomputes the states of one channel at a time into a (length, d_state) scratch buffer
-(per thread), then runs the adjoint recurrence right to left. Gradients of B and C, which are
-shared by the channels of a group, are accumulated per work item and summed afterwards.
+Layout: channels are processed in blocks of ``W`` (= ``LANES``) neighbours of one B/C group,
+and every vector in the kernels holds one value per channel of a block, so the d_state loop
+is a loop over whole SIMD vectors and sums over d_state are plain vector adds. The block's
+slices of u, delta, z and the output gradient are transposed tile by tile into small
+(time, channel) scratch buffers, and the results transposed back the same way.
+
+Forward: one work item per (batch, block); the states of the block stay in a (d_state, W)
+buffer, so the (batch, d_inner, length, d_state) tensors of the reference never exist. When a
+backward pass may follow, the states at the start of every ``SEG``-step segment are saved
+(a 1/SEG fraction of the full states, like the chunk states of mamba_ssm's CUDA kernel).
+
+Backward: one work item per (batch, group, chunk of blocks), segments right to left. The
+states of a block's segment are recomputed from the saved ones into a (SEG, d_state, W)
+buffer, then the adjoint recurrence runs right to left, so scratch memory does not grow with
+the length. The gradients of B and C, shared by the channels of a group, are accumulated lane
+by lane over the blocks of a chunk and summed over the lanes once per segment.
+
+exp(dt A) is computed as 2 ** (dt A log2(e)) by ``vexp2`` (A scaled once per block). The
+softplus of delta (+ delta_bias) and the SiLU gate of z are fused into the kernels too, so the
+op runs no element-wise PyTorch kernels besides dtype conversions (each of which also costs a
+thread-pool round trip, expensive on a busy machine). Work items are scheduled dynamically.
 
 Why numba rather than a C++ extension: it installs from wheels with ``pip`` on every platform,
 needs no compiler or torch build environment at install time, and caches the compiled kernels
@@ -18,148 +34,464 @@ import os
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from mambamixer.ops.numba_math import fast_exp
+from mambamixer.ops.numba_math import LANES as W
+from mambamixer.ops.numba_math import (
+    tile_load_t,
+    tile_store_t,
+    vbroadcast,
+    vexp2,
+    vload,
+    vsigmoid,
+    vsoftplus,
+    vstore,
+    vwhere_gt,
+)
 
 _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
+_SERIAL = dict(fastmath=True, cache=True, nogil=True)
+
+LOG2E = 1.4426950408889634
+SEG = 256  # time steps per segment: bounds the scratch memory for long sequences
+SUPER = 32  # most blocks per backward work item (their B/C gradients are summed lane by lane)
+
+
+def _workspace(length: int, d_state: int, dtype: torch.dtype, backward: bool) -> np.ndarray:
+    """Scratch for the forward or backward kernel: one row per numba thread, sliced by the kernel.
+
+    Bounded by SEG whatever the length (about 1 MiB per thread for the backward at d_state 16);
+    allocated by torch for 64-byte alignment (every slice is a multiple of W elements long).
+    """
+    seg, nw = min(length, SEG), d_state * W
+    if backward:
+        cols = (seg + 1) * nw + 3 * seg * nw + 9 * seg * W + 3 * SUPER * nw + 4 * SUPER * W
+    else:
+        cols = 5 * seg * W + 2 * nw + 2 * W
+    return torch.empty(numba.get_num_threads(), cols, dtype=dtype).numpy()
+
+
+@numba.njit(**_SERIAL)
+def _load_block(src, d0, nw, t0, sl, dst):
+    """dst[t * W + w] = src[d0 + w, t0 + t] for t < sl, w < W (zero for w >= nw)."""
+    if nw == W and src.strides[1] == src.itemsize:
+        full = sl - sl % W
+        for tt in range(0, full, W):
+            tile_load_t(src, d0, t0 + tt, dst, tt * W)
+        for t in range(full, sl):
+            for w in range(W):
+                dst[t * W + w] = src[d0 + w, t0 + t]
+    else:
+        for t in range(sl):
+            for w in range(nw):
+                dst[t * W + w] = src[d0 + w, t0 + t]
+            for w in range(nw, W):
+                dst[t * W + w] = 0.0
+
+
+@numba.njit(**_SERIAL)
+def _store_block(src, dst, d0, nw, t0, sl):
+    """dst[d0 + w, t0 + t] = src[t * W + w] for t < sl, w < nw (dst: contiguous rows)."""
+    if nw == W:
+        full = sl - sl % W
+        for tt in range(0, full, W):
+            tile_store_t(src, tt * W, dst, d0, t0 + tt)
+        for t in range(full, sl):
+            for w in range(W):
+                dst[d0 + w, t0 + t] = src[t * W + w]
+    else:
+        for t in range(sl):
+            for w in range(nw):
+                dst[d0 + w, t0 + t] = src[t * W + w]
+
+
+@numba.njit(**_SERIAL)
+def _load_vec(src, d0, nw, dst, o):
+    """dst[o + w] = src[d0 + w] for w < nw, zero up to W."""
+    for w in range(nw):
+        dst[o + w] = src[d0 + w]
+    for w in range(nw, W):
+        dst[o + w] = 0.0
+
+
+@numba.njit(**_SERIAL)
+def _prepare_dt(ds, dsg, sl, bias, softplus, grad):
+    """ds <- softplus(ds + bias) (or ds + bias); dsg <- its derivative when softplus and grad."""
+    for t in range(sl):
+        o = t * W
+        x = vload(ds, o) + bias
+        if softplus:
+            if grad:
+                vstore(dsg, o, vwhere_gt(x, 20.0, bias * 0.0 + 1.0, vsigmoid(x)))
+            vstore(ds, o, vsoftplus(x))
+        else:
+            vstore(ds, o, x)
 
 
 @numba.njit(**_JIT)
-def _forward_kernel(u, dt, A, Bm, Cm, D, y_out, last_state):
-    """y = C . h + D u for every (batch, channel); dt is the already-activated step size."""
-    batch, dim, length = u.shape
-    d_state = A.shape[1]
-    per_group = dim // Bm.shape[1]
-    for item in numba.prange(batch * dim):
-        b = item // dim
-        d = item % dim
-        g = d // per_group
-        h = np.zeros(d_state, dtype=u.dtype)
-        a_row = A[d]
-        for t in range(length):
-            x = u[b, d, t]
-            dt_t = dt[b, d, t]
-            dt_x = dt_t * x
-            b_t = Bm[b, g, t]
-            c_t = Cm[b, g, t]
-            y = D[d] * x
-            for n in range(d_state):
-                h[n] = fast_exp(dt_t * a_row[n]) * h[n] + dt_x * b_t[n]
-                y += h[n] * c_t[n]
-            y_out[b, d, t] = y
-        last_state[b, d] = h
+def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, out, last_state, ckpt, work):
+    """out = (C . h + D u) * silu(z) for every (batch, channel), h the scanned states.
 
-
-@numba.njit(**_JIT)
-def _backward_kernel(u, dt, A, Bm, Cm, D, dy, dlast, du, ddt, dA_part, dB_part, dC_part, dD, n_chunks):
-    """Gradients of the pre-gate output y; dB/dC/dA are accumulated per work item.
-
-    Bm, Cm: (batch, groups, length * d_state); dB_part, dC_part: (n_chunks, batch, groups,
-    length * d_state). Flat indexing (t * d_state + n) lets LLVM vectorise the d_state loops.
+    u, delta, z, out: (batch, dim, length); Bm, Cm: (batch, groups, d_state, length); z and
+    bias have a zero first dimension when absent. ckpt: (batch, groups * blocks per group,
+    segments, d_state * W) receives the states at the segment starts (for the backward pass),
+    unless it has a zero first dimension. work: scratch, see ``_workspace``.
     """
     batch, dim, length = u.shape
     d_state = A.shape[1]
-    per_group = dim // Bm.shape[1]
-    chunk = (dim + n_chunks - 1) // n_chunks
-    for item in numba.prange(batch * n_chunks):
-        b = item // n_chunks
-        c = item % n_chunks
-        states = np.zeros((length + 1) * d_state, dtype=u.dtype)  # h_t at (t + 1) * d_state, h_{-1} = 0
-        decays = np.empty(length * d_state, dtype=u.dtype)  # exp(dt_t * A)
-        dh = np.empty(d_state, dtype=u.dtype)
-        dA_acc = np.empty(d_state, dtype=u.dtype)
-        for d in range(c * chunk, min(dim, (c + 1) * chunk)):
-            g = d // per_group
-            a_row = A[d]
-            Bf = Bm[b, g]
-            Cf = Cm[b, g]
-            dBf = dB_part[c, b, g]
-            dCf = dC_part[c, b, g]
-            # Recompute the forward states of channel d.
+    groups = Bm.shape[1]
+    per_group = dim // groups
+    nbg = (per_group + W - 1) // W
+    seg = min(length, SEG)
+    NW = d_state * W
+    has_z = z.shape[0] > 0
+    save = ckpt.shape[0] > 0
+    for item in numba.prange(batch * groups * nbg):
+        b = item // (groups * nbg)
+        r = item % (groups * nbg)
+        g = r // nbg
+        d0 = g * per_group + (r % nbg) * W
+        nw = min(W, (g + 1) * per_group - d0)
+        buf = work[numba.get_thread_id()]
+        sw = seg * W
+        xs = buf[0 + 0 * sw : 0 + 1 * sw]
+        ds = buf[0 + 1 * sw : 0 + 2 * sw]
+        dsg = buf[0 + 2 * sw : 0 + 3 * sw]
+        zs = buf[0 + 3 * sw : 0 + 4 * sw]
+        ys = buf[0 + 4 * sw : 0 + 5 * sw]
+        a = buf[5 * seg * W : 5 * seg * W + NW]
+        h = buf[5 * seg * W + NW : 5 * seg * W + 2 * NW]
+        small = buf[5 * seg * W + 2 * NW : 5 * seg * W + 2 * NW + 2 * W]
+        zero = vbroadcast(xs, 0.0)
+        for i in range(0, NW, W):
+            vstore(h, i, zero)
+        vstore(small, W, zero)
+        for n in range(d_state):
+            _load_vec(A[:, n], d0, nw, a, n * W)
+            vstore(a, n * W, vload(a, n * W) * LOG2E)  # exp(dt A) = 2 ** (dt A log2(e))
+        _load_vec(D, d0, nw, small, 0)
+        if bias.shape[0] > 0:
+            _load_vec(bias, d0, nw, small, W)
+        dv = vload(small, 0)
+        bv = vload(small, W)
+        Bf = Bm[b, g]
+        Cf = Cm[b, g]
+        for t0 in range(0, length, seg):
+            sl = min(seg, length - t0)
+            if save:
+                cf = ckpt[b, r, t0 // seg]
+                for i in range(0, NW, W):
+                    vstore(cf, i, vload(h, i))
+            _load_block(u[b], d0, nw, t0, sl, xs)
+            _load_block(delta[b], d0, nw, t0, sl, ds)
+            _prepare_dt(ds, dsg, sl, bv, softplus, False)
+            for t in range(sl):
+                o = t * W
+                x = vload(xs, o)
+                dtv = vload(ds, o)
+                dtx = dtv * x
+                y = dv * x
+                for n in range(d_state):
+                    on = n * W
+                    hn = vexp2(dtv * vload(a, on)) * vload(h, on) + dtx * Bf[n, t0 + t]
+                    vstore(h, on, hn)
+                    y = y + hn * Cf[n, t0 + t]
+                vstore(ys, o, y)
+            if has_z:
+                _load_block(z[b], d0, nw, t0, sl, zs)
+                for t in range(sl):
+                    zv = vload(zs, t * W)
+                    vstore(ys, t * W, vload(ys, t * W) * zv * vsigmoid(zv))
+            _store_block(ys, out[b], d0, nw, t0, sl)
+        for w in range(nw):
+            for n in range(d_state):
+                last_state[b, d0 + w, n] = h[n * W + w]
+
+
+@numba.njit(**_JIT)
+def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlast,
+                     du, ddelta, dz, dA, dB_part, dC_part, dD, dbias, n_chunks, work):  # fmt: skip
+    """Gradients of every input; dB_part, dC_part: (n_chunks, batch, groups, d_state, length).
+
+    dlast has a zero first dimension when the last state gets no gradient; dz and dbias when
+    z and bias are absent. The B/C gradients end up summed in dB_part[0], dC_part[0].
+    """
+    batch, dim, length = u.shape
+    d_state = A.shape[1]
+    groups = Bm.shape[1]
+    per_group = dim // groups
+    nbg = (per_group + W - 1) // W
+    cb = (nbg + n_chunks - 1) // n_chunks
+    if cb > SUPER:
+        raise ValueError("too few chunks: a chunk holds at most SUPER blocks")
+    seg = min(length, SEG)
+    nseg = (length + seg - 1) // seg
+    NW = d_state * W
+    has_z = z.shape[0] > 0
+    has_bias = bias.shape[0] > 0
+    dtype = u.dtype
+    dA_part = np.empty((batch, dim, d_state), dtype=dtype)
+    dD_part = np.empty((batch, 2, dim), dtype=dtype)  # D, bias
+    for item in numba.prange(batch * groups * n_chunks):
+        b = item // (groups * n_chunks)
+        r = item % (groups * n_chunks)
+        g = r // n_chunks
+        c = r % n_chunks
+        k_lo = min(nbg, c * cb)
+        k_hi = min(nbg, k_lo + cb)
+        Bf = Bm[b, g]
+        Cf = Cm[b, g]
+        dBf = dB_part[c, b, g]
+        dCf = dC_part[c, b, g]
+        for n in range(d_state):
             for t in range(length):
-                dt_t = dt[b, d, t]
-                dt_x = dt_t * u[b, d, t]
-                o = t * d_state
-                for n in range(d_state):
-                    e = fast_exp(dt_t * a_row[n])
-                    decays[o + n] = e
-                    states[o + d_state + n] = e * states[o + n] + dt_x * Bf[o + n]
+                dBf[n, t] = 0.0
+                dCf[n, t] = 0.0
+        buf = work[numba.get_thread_id()]
+        p = 0
+        hs = buf[p : p + (seg + 1) * NW]
+        p += (seg + 1) * NW
+        sn = seg * NW
+        dec = buf[p + 0 * sn : p + 1 * sn]
+        accB = buf[p + 1 * sn : p + 2 * sn]
+        accC = buf[p + 2 * sn : p + 3 * sn]
+        p += 3 * seg * NW
+        sw = seg * W
+        xs = buf[p + 0 * sw : p + 1 * sw]
+        ds = buf[p + 1 * sw : p + 2 * sw]
+        dsg = buf[p + 2 * sw : p + 3 * sw]
+        gs = buf[p + 3 * sw : p + 4 * sw]
+        gys = buf[p + 4 * sw : p + 5 * sw]
+        zs = buf[p + 5 * sw : p + 6 * sw]
+        ys = buf[p + 6 * sw : p + 7 * sw]
+        dus = buf[p + 7 * sw : p + 8 * sw]
+        ddts = buf[p + 8 * sw : p + 9 * sw]
+        p += 9 * seg * W
+        un = SUPER * NW
+        a_blk = buf[p + 0 * un : p + 1 * un]
+        dh = buf[p + 1 * un : p + 2 * un]
+        dA_acc = buf[p + 2 * un : p + 3 * un]
+        p += 3 * SUPER * NW
+        small = buf[p : p + SUPER * 4 * W]  # D, bias, dD, dbias per block
+        zero = vbroadcast(xs, 0.0)
+        nb = k_hi - k_lo  # at most SUPER (see _n_chunks)
+        for j in range(nb):
+            d0 = g * per_group + (k_lo + j) * W
+            nw = min(W, (g + 1) * per_group - d0)
             for n in range(d_state):
-                dh[n] = dlast[b, d, n]
-                dA_acc[n] = 0.0
-            dD_acc = 0.0
-            # Adjoint recurrence, right to left; dh holds dLoss/dh_t.
-            for t in range(length - 1, -1, -1):
-                x = u[b, d, t]
-                dt_t = dt[b, d, t]
-                grad_y = dy[b, d, t]
-                dD_acc += grad_y * x
-                dx = grad_y * D[d]
-                ddt_t = 0.0
-                o = t * d_state
+                _load_vec(A[:, n], d0, nw, a_blk, j * NW + n * W)
+                vstore(a_blk, j * NW + n * W, vload(a_blk, j * NW + n * W) * LOG2E)
+                if dlast.shape[0] > 0:
+                    _load_vec(dlast[b, :, n], d0, nw, dh, j * NW + n * W)
+                else:
+                    vstore(dh, j * NW + n * W, zero)
+                vstore(dA_acc, j * NW + n * W, zero)
+            _load_vec(D, d0, nw, small, j * 4 * W)
+            if has_bias:
+                _load_vec(bias, d0, nw, small, j * 4 * W + W)
+            else:
+                vstore(small, j * 4 * W + W, zero)
+            vstore(small, j * 4 * W + 2 * W, zero)
+            vstore(small, j * 4 * W + 3 * W, zero)
+        # Segments right to left; within a segment, every block of the chunk.
+        for s in range(nseg - 1, -1, -1):
+            t0 = s * seg
+            sl = min(seg, length - t0)
+            for i in range(0, sl * NW, W):
+                vstore(accB, i, zero)
+                vstore(accC, i, zero)
+            for j in range(nb):
+                d0 = g * per_group + (k_lo + j) * W
+                nw = min(W, (g + 1) * per_group - d0)
+                ja = j * NW
+                js = j * 4 * W
+                dv = vload(small, js)
+                bv = vload(small, js + W)
+                _load_block(u[b], d0, nw, t0, sl, xs)
+                _load_block(delta[b], d0, nw, t0, sl, ds)
+                _prepare_dt(ds, dsg, sl, bv, softplus, True)
+                _load_block(dout[b], d0, nw, t0, sl, gs)
+                if has_z:  # gradient of the pre-gate output: dout silu(z); keep sigmoid(z) in dus
+                    _load_block(z[b], d0, nw, t0, sl, zs)
+                    for t in range(sl):
+                        zv = vload(zs, t * W)
+                        sig = vsigmoid(zv)
+                        vstore(dus, t * W, sig)
+                        vstore(gys, t * W, vload(gs, t * W) * zv * sig)
+                else:
+                    for t in range(sl):
+                        vstore(gys, t * W, vload(gs, t * W))
+                cf = ckpt[b, g * nbg + k_lo + j, s]
+                for i in range(0, NW, W):
+                    vstore(hs, i, vload(cf, i))
+                # Recompute the states (and the pre-gate output y) of the segment.
+                for t in range(sl):
+                    o = t * W
+                    ho = t * NW
+                    x = vload(xs, o)
+                    dtv = vload(ds, o)
+                    gy = vload(gys, o)
+                    dtx = dtv * x
+                    y = dv * x
+                    for n in range(d_state):
+                        on = n * W
+                        e = vexp2(dtv * vload(a_blk, ja + on))
+                        vstore(dec, ho + on, e)
+                        hn = e * vload(hs, ho + on) + dtx * Bf[n, t0 + t]
+                        vstore(hs, ho + NW + on, hn)
+                        y = y + hn * Cf[n, t0 + t]
+                        vstore(accC, ho + on, vload(accC, ho + on) + gy * hn)
+                    vstore(ys, o, y)
+                if has_z:  # d out / d z = y * silu'(z)
+                    for t in range(sl):
+                        o = t * W
+                        sig = vload(dus, o)
+                        dsilu = sig * (vload(zs, o) * (1.0 - sig) + 1.0)
+                        vstore(ys, o, vload(gs, o) * vload(ys, o) * dsilu)
+                    _store_block(ys, dz[b], d0, nw, t0, sl)
+                # Adjoint recurrence, right to left; dh holds dLoss/dh_t.
+                dDv = vload(small, js + 2 * W)
+                for t in range(sl - 1, -1, -1):
+                    o = t * W
+                    ho = t * NW
+                    x = vload(xs, o)
+                    dtv = vload(ds, o)
+                    gy = vload(gys, o)
+                    dtx = dtv * x
+                    dDv = dDv + gy * x
+                    sv = zero  # sum_n dh_n B_n
+                    dtg = zero  # dLoss/d dt through the decays
+                    for n in range(d_state):
+                        on = n * W
+                        dh_n = vload(dh, ja + on) + gy * Cf[n, t0 + t]
+                        e = vload(dec, ho + on)
+                        d_exp = dh_n * vload(hs, ho + on) * e  # dLoss/d(dt * A)
+                        dtg = dtg + d_exp * vload(a_blk, ja + on)
+                        vstore(dA_acc, ja + on, vload(dA_acc, ja + on) + d_exp * dtv)
+                        vstore(accB, ho + on, vload(accB, ho + on) + dh_n * dtx)
+                        sv = sv + dh_n * Bf[n, t0 + t]
+                        vstore(dh, ja + on, dh_n * e)
+                    vstore(dus, o, gy * dv + sv * dtv)
+                    vstore(ddts, o, dtg * (1.0 / LOG2E) + sv * x)
+                vstore(small, js + 2 * W, dDv)
+                if softplus:
+                    for t in range(sl):
+                        vstore(ddts, t * W, vload(ddts, t * W) * vload(dsg, t * W))
+                dbv = vload(small, js + 3 * W)
+                for t in range(sl):
+                    dbv = dbv + vload(ddts, t * W)
+                vstore(small, js + 3 * W, dbv)
+                _store_block(dus, du[b], d0, nw, t0, sl)
+                _store_block(ddts, ddelta[b], d0, nw, t0, sl)
+            # Lane sums of the B/C gradients of the segment.
+            for t in range(sl):
                 for n in range(d_state):
-                    dh_n = dh[n] + grad_y * Cf[o + n]
-                    dCf[o + n] += grad_y * states[o + d_state + n]
-                    d_exponent = dh_n * states[o + n] * decays[o + n]  # dLoss/d(dt * A_dn)
-                    ddt_t += d_exponent * a_row[n] + dh_n * Bf[o + n] * x
-                    dA_acc[n] += d_exponent * dt_t
-                    dBf[o + n] += dh_n * dt_t * x
-                    dx += dh_n * dt_t * Bf[o + n]
-                    dh[n] = dh_n * decays[o + n]
-                du[b, d, t] = dx
-                ddt[b, d, t] = ddt_t
-            for n in range(d_state):
-                dA_part[b, d, n] = dA_acc[n]
-            dD[b, d] = dD_acc
+                    i = (t * d_state + n) * W
+                    sb = accB[i]
+                    sc = accC[i]
+                    for w in range(1, W):
+                        sb += accB[i + w]
+                        sc += accC[i + w]
+                    dBf[n, t0 + t] += sb
+                    dCf[n, t0 + t] += sc
+        for j in range(nb):
+            d0 = g * per_group + (k_lo + j) * W
+            nw = min(W, (g + 1) * per_group - d0)
+            for w in range(nw):
+                dD_part[b, 0, d0 + w] = small[j * 4 * W + 2 * W + w]
+                dD_part[b, 1, d0 + w] = small[j * 4 * W + 3 * W + w]
+                for n in range(d_state):
+                    dA_part[b, d0 + w, n] = dA_acc[j * NW + n * W + w]
+    # Sums over the batch (and the chunks), serially.
+    for d in range(dim):
+        for n in range(d_state):
+            acc = dA_part[0, d, n]
+            for b in range(1, batch):
+                acc += dA_part[b, d, n]
+            dA[d, n] = acc
+        acc_d = dD_part[0, 0, d]
+        acc_b = dD_part[0, 1, d]
+        for b in range(1, batch):
+            acc_d += dD_part[b, 0, d]
+            acc_b += dD_part[b, 1, d]
+        dD[d] = acc_d
+        if has_bias:
+            dbias[d] = acc_b
+    for c in range(1, n_chunks):
+        for b in range(batch):
+            for g in range(groups):
+                for n in range(d_state):
+                    for t in range(length):
+                        dB_part[0, b, g, n, t] += dB_part[c, b, g, n, t]
+                        dC_part[0, b, g, n, t] += dC_part[c, b, g, n, t]
 
 
-def _as_grouped(M: Tensor) -> Tensor:
-    """(batch, [groups,] d_state, length) -> contiguous (batch, groups, length, d_state)."""
-    if M.dim() == 3:
-        M = M.unsqueeze(1)
-    return M.transpose(2, 3).contiguous()
+def _run(kernel, *args) -> None:
+    """kernel(*args) with dynamic scheduling of the work items (robust to busy cores)."""
+    chunksize = numba.set_parallel_chunksize(1)
+    try:
+        kernel(*args)
+    finally:
+        numba.set_parallel_chunksize(chunksize)
 
 
-def _n_chunks(batch: int, dim: int) -> int:
+def _n_chunks(batch: int, groups: int, dim: int) -> int:
+    """Chunks of blocks per (batch, group): about 4 work items per thread (load balance)."""
     threads = numba.get_num_threads()
-    return max(1, min(dim, -(-threads // batch)))
+    blocks = -(-(dim // groups) // W)
+    return max(1, min(blocks, max(-(-blocks // SUPER), -(-4 * threads // (batch * groups)))))
+
+
+def _array(t: Tensor | None, like: Tensor, ndim: int) -> np.ndarray:
+    """t as a numpy array, or an empty array of like's dtype with ndim dimensions."""
+    return t.numpy() if t is not None else np.empty((0,) * ndim, dtype=like.numpy().dtype)
 
 
 class _FusedScan(torch.autograd.Function):
-    """The scan proper; the element-wise softplus and SiLU gate run in PyTorch around it."""
+    """The whole op: softplus, scan and gate; B, C as (batch, groups, d_state, length)."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, D):
-        ctx.B_shape, ctx.C_shape = B.shape, C.shape
-        Bg, Cg = _as_grouped(B), _as_grouped(C)
-        y = torch.empty_like(u)
-        last = u.new_empty(u.shape[0], u.shape[1], A.shape[1])
-        _forward_kernel(u.numpy(), dt.numpy(), A.numpy(), Bg.numpy(), Cg.numpy(), D.numpy(), y.numpy(), last.numpy())
-        ctx.save_for_backward(u, dt, A, Bg, Cg, D)
-        return y, last
-
-    @staticmethod
-    def backward(ctx, dy, dlast):
-        u, dt, A, Bg, Cg, D = ctx.saved_tensors
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus):
         batch, dim, _ = u.shape
-        dy = torch.zeros_like(u) if dy is None else dy.contiguous()
-        dlast = u.new_zeros(batch, dim, A.shape[1]) if dlast is None else dlast.contiguous()
-        n_chunks = _n_chunks(batch, dim)
-        du, ddt = torch.empty_like(u), torch.empty_like(u)
-        dA_part, dD = u.new_empty(batch, *A.shape), u.new_empty(batch, dim)
-        dB_part, dC_part = u.new_zeros(n_chunks, *Bg.shape), u.new_zeros(n_chunks, *Cg.shape)
-        flat = Bg.shape[:2] + (-1,)
-        _backward_kernel(
-            u.numpy(), dt.numpy(), A.numpy(), Bg.reshape(flat).numpy(), Cg.reshape(flat).numpy(), D.numpy(),
-            dy.numpy(), dlast.numpy(),
-            du.numpy(), ddt.numpy(), dA_part.numpy(), dB_part.reshape((n_chunks,) + flat).numpy(),
-            dC_part.reshape((n_chunks,) + flat).numpy(), dD.numpy(), n_chunks,
+        d_state = A.shape[1]
+        out = torch.empty_like(u)
+        last = u.new_empty(batch, dim, d_state)
+        if any(ctx.needs_input_grad):  # states at the segment starts, for the backward pass
+            blocks = B.shape[1] * -(-(dim // B.shape[1]) // W)
+            ckpt = u.new_empty(batch, blocks, -(-u.shape[2] // min(u.shape[2], SEG)), d_state * W)
+        else:
+            ckpt = u.new_empty(0, 0, 0, 0)
+        _run(
+            _forward_kernel, u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
+            _array(delta_bias, u, 1), softplus, out.numpy(), last.numpy(), ckpt.numpy(),
+            _workspace(u.shape[2], d_state, u.dtype, False),
         )  # fmt: skip
-        dB = dB_part.sum(0).transpose(2, 3).reshape(ctx.B_shape)
-        dC = dC_part.sum(0).transpose(2, 3).reshape(ctx.C_shape)
-        return du, ddt, dA_part.sum(0), dB, dC, dD.sum(0)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        ctx.softplus = softplus
+        ctx.set_materialize_grads(False)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        batch, dim, _ = u.shape
+        groups = B.shape[1]
+        dout = torch.zeros_like(u) if dout is None else dout  # any strides
+        dlast = dlast.contiguous() if dlast is not None else None
+        n_chunks = _n_chunks(batch, groups, dim)
+        du, ddelta = torch.empty_like(u), torch.empty_like(u)
+        dz = torch.empty_like(z) if z is not None else None
+        dbias = torch.empty_like(delta_bias) if delta_bias is not None else None
+        dA, dD = torch.empty_like(A), torch.empty_like(D)
+        dB_part = B.new_empty(n_chunks, *B.shape)
+        dC_part = C.new_empty(n_chunks, *C.shape)
+        _run(
+            _backward_kernel, u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
+            _array(delta_bias, u, 1), ctx.softplus, ckpt.numpy(), dout.numpy(), _array(dlast, u, 3),
+            du.numpy(), ddelta.numpy(), _array(dz, u, 3), dA.numpy(), dB_part.numpy(), dC_part.numpy(),
+            dD.numpy(), _array(dbias, u, 1), n_chunks, _workspace(u.shape[2], A.shape[1], u.dtype, True),
+        )  # fmt: skip
+        return du, ddelta, dA, dB_part[0], dC_part[0], dD, dz, dbias, None
 
 
 def selective_scan_cpu_fused(
@@ -180,18 +512,17 @@ def selective_scan_cpu_fused(
     the output cast back. The last state is differentiable too.
     """
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    dt = delta.to(compute)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
-    D = D.to(compute) if D is not None else u.new_zeros(u.shape[1], dtype=compute)
-    y, last = _FusedScan.apply(
-        u.to(compute).contiguous(), dt.contiguous(), A.to(compute).contiguous(), B.to(compute), C.to(compute), D
+
+    def prep(t: Tensor | None) -> Tensor | None:
+        return t.to(compute).contiguous() if t is not None else None
+
+    B = B.unsqueeze(1) if B.dim() == 3 else B
+    C = C.unsqueeze(1) if C.dim() == 3 else C
+    D = prep(D) if D is not None else u.new_zeros(u.shape[1], dtype=compute)
+    out, last = _FusedScan.apply(
+        prep(u), prep(delta), prep(A), prep(B), prep(C), D, prep(z), prep(delta_bias), bool(delta_softplus)
     )
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    out = y.to(u.dtype)
+    out = out.to(u.dtype)
     return (out, last) if return_last_state else out
 
 
