@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import repeat
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from mambamixer.ops.scan_reference import finish_scan_output, prepare_scan_inputs
 
 
 def _linear_scan(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,19 +59,8 @@ def selective_scan_chunked(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Chunked selective scan; same signature, shapes and semantics as the reference."""
     dtype_in = u.dtype
-    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    d_inner = u.shape[1]
-    B = B.unsqueeze(1) if B.dim() == 3 else B
-    C = C.unsqueeze(1) if C.dim() == 3 else C
-    # Expanded views (no copies) so that channel d reads group d // (d_inner // groups).
-    B = repeat(B, "b g n l -> b (g h) n l", h=d_inner // B.shape[1])
-    C = repeat(C, "b g n l -> b (g h) n l", h=d_inner // C.shape[1])
-    h = u.new_zeros(u.shape[0], d_inner, A.shape[1])
+    u, delta, A, B, C = prepare_scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
     use_checkpoint = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
     ys = []
     for start in range(0, u.shape[2], chunk_size):
@@ -78,10 +68,5 @@ def selective_scan_chunked(
         args = (h, delta[:, :, sl], A, B[..., sl], C[..., sl], u[:, :, sl])
         y, h = checkpoint(_chunk, *args, use_reentrant=False) if use_checkpoint else _chunk(*args)
         ys.append(y)
-    y = torch.cat(ys, dim=2)
-    if D is not None:
-        y = y + u * D.to(compute)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    out = y.to(dtype_in)
+    out = finish_scan_output(torch.cat(ys, dim=2), u, D, z, dtype_in)
     return (out, h) if return_last_state else out

@@ -12,6 +12,36 @@ from einops import repeat
 from torch import Tensor
 
 
+def prepare_scan_inputs(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, delta_bias: Tensor | None, delta_softplus: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Upcast (float32, or float64 for float64 inputs), activate delta, and expand B and C per
+    channel: returns u, delta (batch, d_inner, length), A, and B, C (batch, d_inner, d_state, length).
+    """
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    d_inner = u.shape[1]
+    B = B.unsqueeze(1) if B.dim() == 3 else B  # one B for all channels: (batch, 1, d_state, length)
+    C = C.unsqueeze(1) if C.dim() == 3 else C
+    # Expanded views (no copies): channel d reads group d // (d_inner // groups), as in mamba_ssm.
+    B = repeat(B, "b g n l -> b (g h) n l", h=d_inner // B.shape[1])
+    C = repeat(C, "b g n l -> b (g h) n l", h=d_inner // C.shape[1])
+    return u, delta, A, B, C
+
+
+def finish_scan_output(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """out = (y + D u) * silu(z), cast to ``dtype``; y, u, z (batch, d_inner, length)."""
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(dtype)
+
+
 def selective_scan_reference(
     u: Tensor,
     delta: Tensor,
@@ -33,32 +63,13 @@ def selective_scan_reference(
     float64 inputs).
     """
     dtype_in = u.dtype
-    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    d_inner = u.shape[1]
-    if B.dim() == 3:  # one B for all channels: (batch, d_state, length)
-        B = B.unsqueeze(1)
-    if C.dim() == 3:
-        C = C.unsqueeze(1)
-    # Channel d reads group d // (d_inner // groups), as in mamba_ssm.
-    B = repeat(B, "b g n l -> b (g h) n l", h=d_inner // B.shape[1])
-    C = repeat(C, "b g n l -> b (g h) n l", h=d_inner // C.shape[1])
-
+    u, delta, A, B, C = prepare_scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     delta_A = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))  # zero-order hold of A
     delta_B_u = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)  # Euler step for B
-    h = u.new_zeros(u.shape[0], d_inner, A.shape[1])
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
     ys = []
     for t in range(u.shape[2]):
         h = delta_A[:, :, t] * h + delta_B_u[:, :, t]
         ys.append(torch.einsum("bdn,bdn->bd", h, C[:, :, :, t]))
-    y = torch.stack(ys, dim=2)
-    if D is not None:
-        y = y + u * D.to(compute)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(compute))
-    out = y.to(dtype_in)
+    out = finish_scan_output(torch.stack(ys, dim=2), u, D, z, dtype_in)
     return (out, h) if return_last_state else out
