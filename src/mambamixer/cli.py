@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
-    parser = argparse.ArgumentParser(prog="mambamixer", description="MambaMixer, TSM2 and forecasting baselines: train, evaluate and list models.")
+    parser = argparse.ArgumentParser(
+        prog="mambamixer", description="MambaMixer, TSM2 and forecasting baselines: train, evaluate and list models."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("forecast", parents=[common], help="train and test a forecaster",
