@@ -42,8 +42,8 @@ class TSM2Config:
     stride: int = 8
     d_model: int = 32
     n_blocks: int = 2
-    d_state: int = 16
-    expand: float = 2
+    d_state: int = 8
+    expand: float = 1
     d_conv: int = 4
     channel_mixer: bool = True  # False: channel-independent ablation (token mixers only)
     weighted_average: bool = True  # False: plain residual stack (ablation)
@@ -144,7 +144,7 @@ class TSM2(PretrainedMixin, nn.Module):
 
 @register_model(task="forecast")
 def tsm2(**overrides) -> TSM2:
-    """TSM2 for lookback 96: patches of 16 (stride 8), d_model 32, 2 blocks."""
+    """TSM2 for lookback 96: patches of 16 (stride 8), d_model 32, expand 1, d_state 8, 2 blocks."""
     return TSM2(TSM2Config(**overrides))
 
 
