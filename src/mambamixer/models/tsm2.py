@@ -40,7 +40,7 @@ class TSM2Config:
     n_static: int = 0  # static features per series (passed to forward as `static`)
     patch_len: int = 16  # patch_len = stride = 1 scans raw time steps
     stride: int = 8
-    d_model: int = 32
+    d_model: int = 64
     n_blocks: int = 2
     d_state: int = 8
     expand: float = 1
@@ -144,7 +144,7 @@ class TSM2(PretrainedMixin, nn.Module):
 
 @register_model(task="forecast")
 def tsm2(**overrides) -> TSM2:
-    """TSM2 for lookback 96: patches of 16 (stride 8), d_model 32, expand 1, d_state 8, 2 blocks."""
+    """TSM2 for lookback 96: patches of 16 (stride 8), d_model 64, expand 1, d_state 8, 2 blocks."""
     return TSM2(TSM2Config(**overrides))
 
 
