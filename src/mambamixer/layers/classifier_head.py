@@ -1,0 +1,29 @@
+"""Classification head shared by the vision backbones."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool -> LayerNorm -> optional MLP -> Linear.
+
+    (batch, H, W, dim) channels-last -> (batch, num_classes). ``hidden_ratio`` adds MambaOut's
+    MLP head (Linear dim -> ratio*dim, GELU, LayerNorm, dropout); ``None`` gives the plain
+    Swin/VMamba head.
+    """
+
+    def __init__(self, dim: int, num_classes: int, hidden_ratio: float | None = None, drop: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        if hidden_ratio is None:
+            self.mlp = nn.Identity()
+            width = dim
+        else:
+            width = int(hidden_ratio * dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.LayerNorm(width))
+        self.drop = nn.Dropout(drop)
+        self.fc = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.drop(self.mlp(self.norm(x.mean(dim=(1, 2))))))
