@@ -10,18 +10,19 @@ class ClassifierHead(nn.Module):
 
     (batch, H, W, dim) channels-last -> (batch, num_classes). ``hidden_ratio`` adds MambaOut's
     MLP head (Linear dim -> ratio*dim, GELU, LayerNorm, dropout); ``None`` gives the plain
-    Swin/VMamba head.
+    Swin/VMamba head. ``eps`` is that of both LayerNorms (MambaOut uses 1e-6).
     """
 
-    def __init__(self, dim: int, num_classes: int, hidden_ratio: float | None = None, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, num_classes: int, hidden_ratio: float | None = None, drop: float = 0.0,
+                 eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
         if hidden_ratio is None:
             self.mlp = nn.Identity()
             width = dim
         else:
             width = int(hidden_ratio * dim)
-            self.mlp = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.LayerNorm(width))
+            self.mlp = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.LayerNorm(width, eps=eps))
         self.drop = nn.Dropout(drop)
         self.fc = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
 
