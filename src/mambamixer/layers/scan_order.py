@@ -59,21 +59,21 @@ class ScanOrder:
                              f"got {grid}")  # fmt: skip
         return torch.tensor(_grid_permutation(self.name, *grid), device=device)
 
-    def apply(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        """x (..., length) in token order -> (..., length) in scan order."""
+    def apply(self, x: Tensor, grid: tuple[int, int] | None = None, dim: int = -1) -> Tensor:
+        """x with its token axis ``dim`` (length) in token order -> the same axis in scan order."""
         if self.name == "reverse":  # flip is much faster than a gather
-            return x.flip(-1)
-        perm = self.permutation(x.shape[-1], grid, x.device)
-        return x if perm is None else x.index_select(-1, perm)
+            return x.flip(dim)
+        perm = self.permutation(x.shape[dim], grid, x.device)
+        return x if perm is None else x.index_select(dim, perm)
 
-    def undo(self, y: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        """y (..., length) in scan order -> (..., length) in token order."""
+    def undo(self, y: Tensor, grid: tuple[int, int] | None = None, dim: int = -1) -> Tensor:
+        """y with its token axis ``dim`` in scan order -> the same axis in token order."""
         if self.name == "reverse":
-            return y.flip(-1)
-        perm = self.permutation(y.shape[-1], grid, y.device)
+            return y.flip(dim)
+        perm = self.permutation(y.shape[dim], grid, y.device)
         if perm is None:
             return y
-        return y.index_select(-1, torch.argsort(perm))
+        return y.index_select(dim, torch.argsort(perm))
 
     def __repr__(self) -> str:
         return f"ScanOrder({self.name!r})"

@@ -6,6 +6,22 @@
 
 Each scan order has its own conv and S6 parameters; the gate z is shared (paper-notes,
 MambaMixer). With one 'forward' order this is exactly Mamba's block.
+
+Options for the vision models (ViM2, ViQS; docs/vision.md), all off by default:
+
+- ``conv_2d``: one depthwise (d_conv x d_conv) conv over the (height, width) grid, shared by all
+  scans and applied before any reordering (VMamba's SS2D), instead of a causal conv per scan.
+- ``quasi_separable``: each scan order runs a QS-S6 (layers/qs_s6.py): forward and backward scans
+  with one parameter set, so ('row', 'column') covers four directions with two parameter sets.
+- ``sos_top_k``: Switch of Scans (layers/switch_of_scans.py): a router on the pooled input picks
+  the top-k scan orders per input; only those are computed.
+- ``channel_group``: the scan runs across the channel axis instead of the tokens: each token's
+  d_inner channels are read as a sequence of d_inner / channel_group steps of channel_group
+  features (the vision channel mixer; image-size-agnostic, every token on its own).
+
+Speed on CPU: the conv runs token-major (batch, length, d_inner), where its shifted copies are
+whole rows; the gate is applied inside each scan (the sum of gated scans equals the gated sum),
+so no element-wise kernels run on the scans' outputs.
 """
 
 from __future__ import annotations
@@ -17,8 +33,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from mambamixer.layers.qs_s6 import QSS6
 from mambamixer.layers.s6 import S6, causal_depthwise_conv1d
 from mambamixer.layers.scan_order import ScanOrder
+from mambamixer.layers.switch_of_scans import SwitchOfScans
 
 
 class SelectiveMixer(nn.Module):
@@ -34,28 +52,81 @@ class SelectiveMixer(nn.Module):
         dt_rank: int | None = None,
         bias: bool = False,
         selective: bool = True,
+        d_inner: int | None = None,
+        conv_2d: bool = False,
+        quasi_separable: bool = False,
+        sos_top_k: int | None = None,
+        channel_group: int | None = None,
     ) -> None:
         super().__init__()
-        self.d_inner = int(expand * d_model)
+        self.d_inner = d_inner or int(expand * d_model)
         self.orders = [ScanOrder(name) for name in scan_orders]
         if not self.orders:
             raise ValueError("scan_orders must name at least one scan order")
-        dt_rank = dt_rank or math.ceil(d_model / 16)
+        if channel_group is not None and (channel_group < 1 or self.d_inner % channel_group):
+            raise ValueError(f"channel_group must divide d_inner = {self.d_inner}, got {channel_group}")
+        if channel_group is not None and (conv_2d or sos_top_k or any(o.is_2d for o in self.orders)):
+            raise ValueError("a scan across channels takes 1D scan orders, without conv_2d or Switch of Scans")
+        if conv_2d and d_conv % 2 == 0:
+            raise ValueError(f"conv_2d needs an odd kernel (d_conv) to keep the grid centred, got {d_conv}")
+        self.channel_group, self.quasi_separable = channel_group, quasi_separable
+        width = channel_group or self.d_inner  # features per step of the S6
+        dt_rank = dt_rank or math.ceil((channel_group or d_model) / 16)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        self.convs = nn.ModuleList(
-            nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner) for _ in self.orders
-        )
-        self.ssms = nn.ModuleList(
-            S6(self.d_inner, d_state, dt_rank=dt_rank, selective=selective) for _ in self.orders
-        )
+        self.conv2d = nn.Conv2d(width, width, d_conv, padding=d_conv // 2, groups=width) if conv_2d else None
+        self.convs = None  # one causal conv per scan order, run in that order's direction
+        if not conv_2d and d_conv > 0:
+            self.convs = nn.ModuleList(nn.Conv1d(width, width, d_conv, groups=width) for _ in self.orders)
+        ssm = QSS6 if quasi_separable else S6
+        self.ssms = nn.ModuleList(ssm(width, d_state, dt_rank=dt_rank, selective=selective) for _ in self.orders)
+        self.switch = SwitchOfScans(d_model, len(self.orders), sos_top_k) if sos_top_k else None
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         """x (batch, length, d_model) -> (batch, length, d_model); ``grid`` for 2D scan orders."""
-        x, z = rearrange(self.in_proj(x), "b l d -> b d l").chunk(2, dim=1)  # (batch, d_inner, length) each
-        y = 0
+        if self.channel_group is not None:
+            return self._forward_channels(x)
+        if self.conv2d is not None or self.quasi_separable or self.switch is not None or self.convs is None:
+            return self._forward_general(x, grid)
+        x, z = self.in_proj(x).chunk(2, dim=-1)  # (batch, length, d_inner) each
+        y = None
         for order, conv, ssm in zip(self.orders, self.convs, self.ssms, strict=True):
-            xs = F.silu(causal_depthwise_conv1d(conv, order.apply(x, grid)))
-            y = y + order.undo(ssm(xs), grid)
-        y = y * F.silu(z)
-        return self.out_proj(rearrange(y, "b d l -> b l d"))
+            xs = F.silu(causal_depthwise_conv1d(conv, order.apply(x, grid, dim=1), time_dim=1))
+            ys = ssm(xs.transpose(1, 2), z=order.apply(z, grid, dim=1).transpose(1, 2))  # (batch, d_inner, length)
+            y = order.undo(ys, grid) if y is None else y + order.undo(ys, grid)
+        return self.out_proj(y.transpose(1, 2))
+
+    def _scan(self, k: int, x: Tensor, grid: tuple[int, int] | None) -> Tensor:
+        """Scan order k of x (batch, width, length) in token order -> (batch, width, length) in token order."""
+        order = self.orders[k]
+        xs = order.apply(x, grid)
+        if self.convs is not None:
+            xs = F.silu(causal_depthwise_conv1d(self.convs[k], xs))
+        return order.undo(self.ssms[k](xs), grid)
+
+    def _forward_general(self, x: Tensor, grid: tuple[int, int] | None) -> Tensor:
+        """The token mixer with any of conv_2d / quasi_separable / sos_top_k."""
+        batch, length, _ = x.shape
+        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, length) each
+        if self.conv2d is not None:
+            if grid is None or grid[0] * grid[1] != length:
+                raise ValueError(f"conv_2d needs grid=(height, width) with height * width = {length}, got {grid}")
+            u = F.silu(self.conv2d(u.reshape(batch, self.d_inner, *grid))).flatten(2)
+        elif self.convs is None:
+            u = F.silu(u)
+        if self.switch is not None:
+            y = self.switch(x.mean(dim=1), u, lambda k, sub: self._scan(k, sub, grid))
+        else:
+            y = sum(self._scan(k, u, grid) for k in range(len(self.orders)))
+        return self.out_proj((y * F.silu(z)).transpose(1, 2))
+
+    def _forward_channels(self, x: Tensor) -> Tensor:
+        """Scan across channels: every token's d_inner channels as steps of channel_group features."""
+        batch = x.shape[0]
+        u, z = self.in_proj(x).chunk(2, dim=-1)  # (batch, length, d_inner) each
+        u = rearrange(u, "b l (s g) -> (b l) g s", g=self.channel_group)  # (tokens, channel_group, steps)
+        if self.convs is None:
+            u = F.silu(u)
+        y = sum(self._scan(k, u, None) for k in range(len(self.orders)))
+        y = rearrange(y, "(b l) g s -> b l (s g)", b=batch)
+        return self.out_proj(y * F.silu(z))
