@@ -13,9 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import resource
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 from mambamixer.data.forecast import load_forecast_data
 from mambamixer.io import atomic_write_json
 from mambamixer.models.registry import create_model, model_task
+from mambamixer.tasks.common import (
+    check_out_possible,
+    check_positive_int,
+    data_label,
+    find_checkpoint,
+    peak_memory_mb,
+    pick_device,
+    prepare_out,
+)
 from mambamixer.training.checkpoint import load_checkpoint, save_checkpoint
 from mambamixer.training.plots import plot_forecast, plot_training_curves
 from mambamixer.training.seed import seed_everything
@@ -70,45 +76,7 @@ def training_defaults(model: str) -> dict[str, Any]:
 
 
 def default_out(model: str, data: str, seq_len: int, horizon: int) -> Path:
-    return Path("runs") / f"forecast-{model}-{_data_label(data)}-{seq_len}-{horizon}"
-
-
-def _data_label(data: str) -> str:
-    return Path(data).stem if data.lower().endswith(".csv") or os.sep in data else data
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _check_out_possible(out: Path) -> None:
-    """Fail early, without creating anything, when ``out`` clearly cannot be written."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a folder")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"cannot create output folder {out}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot create output folder {out}: {parent} is not writable")
-
-
-def _prepare_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise ValueError(f"cannot write to output folder {out}: {err.strerror or err}") from err
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return Path("runs") / f"forecast-{model}-{data_label(data)}-{seq_len}-{horizon}"
 
 
 def _forward(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,13 +116,6 @@ def forecast_errors(model: nn.Module, dataset: Dataset, batch_size: int = DEFAUL
     if windows == 0:
         raise ValueError("the evaluation split has no windows")
     return {"mse": sq / values, "mae": ab / values, "windows": windows}
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def _plot_windows(model: nn.Module, dataset: Dataset, device: torch.device, path: Path,
@@ -205,8 +166,8 @@ def run_forecast(
     # 1. check every argument before anything is read or written
     if model_task(model) != "forecast":  # unknown names raise ValueError with suggestions
         raise ValueError(f"model {model!r} is a {model_task(model)} model, not a forecaster")
-    horizon = _check_positive_int("horizon", horizon)
-    seq_len = _check_positive_int("seq_len", DEFAULT_SEQ_LEN if seq_len is None else seq_len)
+    horizon = check_positive_int("horizon", horizon)
+    seq_len = check_positive_int("seq_len", DEFAULT_SEQ_LEN if seq_len is None else seq_len)
     overrides = dict(model_overrides or {})
     reserved = sorted(set(overrides) & set(RESERVED_OVERRIDES))
     if reserved:
@@ -215,8 +176,8 @@ def run_forecast(
              "optimizer": optimizer, "schedule": schedule, "weight_decay": weight_decay,
              "warmup_epochs": warmup_epochs, "grad_clip": grad_clip}
     hp = {**training_defaults(model), **{k: v for k, v in given.items() if v is not None}}
-    hp["batch_size"] = _check_positive_int("batch_size", hp["batch_size"])
-    eval_batch_size = _check_positive_int(
+    hp["batch_size"] = check_positive_int("batch_size", hp["batch_size"])
+    eval_batch_size = check_positive_int(
         "eval_batch_size", DEFAULT_EVAL_BATCH_SIZE if eval_batch_size is None else eval_batch_size)
     if hp["patience"] == 0:
         hp["patience"] = None
@@ -226,7 +187,7 @@ def run_forecast(
         patience=hp["patience"], quiet=quiet, desc=f"{model} epoch",
     )  # validates the values
     out = Path(out) if out is not None else default_out(model, data, seq_len, horizon)
-    _check_out_possible(out)
+    check_out_possible(out)
 
     # 2. data, output folder, model
     fd = load_forecast_data(data, seq_len, horizon, data_dir=data_dir)
@@ -234,14 +195,14 @@ def run_forecast(
         if len(getattr(fd, split)) == 0:
             raise ValueError(f"{fd.name}: the {split} split has no window of seq_len {seq_len} + "
                              f"horizon {horizon}")
-    dev = _device(device)
+    dev = pick_device(device)
     generator = seed_everything(seed)
     try:
         net = create_model(model, seq_len=seq_len, horizon=horizon, n_vars=fd.n_vars, n_marks=fd.n_marks,
                            **overrides)
     except TypeError as err:
         raise ValueError(f"bad model override for {model!r}: {err}") from err
-    _prepare_out(out)
+    prepare_out(out)
     net.to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -287,7 +248,7 @@ def run_forecast(
         "n_params": n_params, "train_seconds": result.train_seconds,
         "seconds_per_epoch": sum(h["seconds"] for h in result.history) / max(epochs_run, 1),
         "epochs_run": epochs_run, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-        "peak_memory_mb": _peak_memory_mb(dev),
+        "peak_memory_mb": peak_memory_mb(dev),
         "config": dataclasses.asdict(net.config) if dataclasses.is_dataclass(getattr(net, "config", None))
         else {},
         "run": run, "history": result.history,
@@ -317,17 +278,14 @@ def evaluate_forecast(
     ``run_dir`` is a run folder (holding ``checkpoint/``) or a checkpoint folder itself;
     ``data_dir`` defaults to the one the run used.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise FileNotFoundError(f"no run folder at {run_dir}")
-    ckpt = run_dir / "checkpoint" if (run_dir / "checkpoint").is_dir() else run_dir
+    ckpt = find_checkpoint(run_dir)
     net, run = load_checkpoint(ckpt)
     if run.get("task", "forecast") != "forecast":
         raise ValueError(f"{ckpt} is a {run['task']} run, not a forecasting run")
     for key in ("data", "seq_len", "horizon"):
         if key not in run:
             raise ValueError(f"{ckpt / 'run.json'} lacks {key!r}")
-    dev = _device(device)
+    dev = pick_device(device)
     net.to(dev)
     fd = load_forecast_data(run["data"], run["seq_len"], run["horizon"],
                             data_dir=data_dir if data_dir is not None else run.get("data_dir"))

@@ -29,24 +29,91 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike,
-                         best_epoch: int | None = None, title: str | None = None) -> Path:
-    """Train (and validation) loss per epoch; a dashed line marks the best epoch."""
-    fig = _figure(6.0, 4.0)
-    ax = fig.add_subplot()
+                         best_epoch: int | None = None, title: str | None = None,
+                         metrics: Sequence[str] = ()) -> Path:
+    """Train (and validation) loss per epoch; a dashed line marks the best epoch.
+
+    ``metrics`` names further history entries (e.g. ``"val_top1"``) drawn in a second panel.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(10.0 if metrics else 6.0, 4.0)
+    axes = fig.subplots(1, 2 if metrics else 1, squeeze=False)[0]
     epochs = [h["epoch"] for h in history]
+    ax = axes[0]
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     if any(h.get("val_loss") is not None for h in history):
         ax.plot(epochs, [h.get("val_loss") for h in history], "s-", label="validation loss")
-    if best_epoch:
-        ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch ({best_epoch})")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    ax.set_title(title or "training curves")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    for key in metrics:
+        axes[1].plot(epochs, [h.get(key) for h in history], "s-", label=key.replace("_", " "))
+    if metrics:
+        axes[1].set_ylabel("metric")
+    for ax in axes:
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch ({best_epoch})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if metrics:
+        fig.suptitle(title or "training curves")
+    else:
+        axes[0].set_title(title or "training curves")
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike,
+                          title: str | None = None) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted), counts written in the cells.
+
+    ``matrix``: (classes, classes) counts. Cell numbers are left out beyond 30 classes.
+    """
+    n = len(classes)
+    counts = np.asarray(matrix)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.0, 0.45 * n + 2.0), 30.0)
+    fig = _figure(side + 1.0, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    if n <= 30:
+        ticks = np.arange(n)
+        ax.set_xticks(ticks, [str(c) for c in classes], rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(ticks, [str(c) for c in classes], fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    return _save(fig, path)
+
+
+def plot_image_grid(images: np.ndarray, true: Sequence[int], pred: Sequence[int], classes: Sequence[str],
+                    path: str | os.PathLike, title: str | None = None, columns: int = 8) -> Path:
+    """Images with their predicted and true labels; wrong predictions titled in red.
+
+    ``images``: (n, height, width) grey or (n, height, width, 3) colour, values in [0, 1].
+    """
+    n = len(images)
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig = _figure(1.6 * cols, 1.8 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        img = np.clip(images[k], 0.0, 1.0)
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ok = pred[k] == true[k]
+        ax.set_title(f"pred {classes[pred[k]]}\ntrue {classes[true[k]]}", fontsize=7,
+                     color="black" if ok else "tab:red")
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

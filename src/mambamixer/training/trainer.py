@@ -1,7 +1,7 @@
 """The training loop, written once for every task: optimiser, LR schedule, early stopping.
 
 A task supplies a ``loss_fn(model, batch) -> scalar`` (the mean loss of one batch) and,
-optionally, a ``validate(model) -> float``; :func:`fit` does the rest:
+optionally, a ``validate(model) -> float | dict``; :func:`fit` does the rest:
 
     result = fit(model, train_loader, loss_fn, TrainConfig(epochs=10, lr=1e-3),
                  validate=lambda m: val_mse(m), on_best=lambda state: save(state.model))
@@ -13,9 +13,10 @@ without touching the tasks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,6 +45,8 @@ class TrainConfig:
     patience: int | None = None  # epochs without validation improvement before stopping
     quiet: bool = False  # no progress bars or epoch lines
     desc: str = "epoch"  # progress-bar label
+    bf16: bool = False  # run loss_fn (forward and loss) under bfloat16 autocast; weights stay float32
+    monitor: str = "val_loss"  # key of validate()'s dict that picks the best epoch (lower is better)
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -60,6 +63,14 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ValueError(f"patience must be a positive integer, got {self.patience!r}")
+
+
+def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``enabled`` (CPU and CUDA), else a no-op context."""
+    device = torch.device(device)
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def lr_at(
@@ -190,6 +201,15 @@ def _batch_size(batch: Any) -> int:
     return int(first.shape[0])
 
 
+def _monitored(result: float | Mapping[str, float], key: str) -> tuple[float, dict[str, float]]:
+    """(monitored value, metrics for the history) from what ``validate`` returned."""
+    if isinstance(result, Mapping):
+        if key not in result:
+            raise KeyError(f"validate() returned {sorted(result)}, which lacks the monitored key {key!r}")
+        return float(result[key]), {k: float(v) for k, v in result.items()}
+    return float(result), {}
+
+
 def _restore_best(state: TrainState) -> None:
     if state.best_weights is not None:
         state.model.load_state_dict(state.best_weights)
@@ -201,7 +221,7 @@ def fit(
     loss_fn: Callable[[nn.Module, Any], torch.Tensor],
     config: TrainConfig,
     *,
-    validate: Callable[[nn.Module], float] | None = None,
+    validate: Callable[[nn.Module], float | Mapping[str, float]] | None = None,
     on_best: Callable[[TrainState], None] | None = None,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
@@ -209,9 +229,11 @@ def fit(
     """Train ``model`` in place and leave it holding the weights of its best epoch.
 
     ``loss_fn(model, batch)`` gets the batch already on ``device`` and returns the batch's
-    mean loss. ``validate(model)`` (called under ``no_grad`` in eval mode) returns the loss
-    monitored for early stopping and best-epoch selection; without it the training loss is
-    monitored. ``on_best(state)`` runs after each new best epoch (e.g. to save a checkpoint).
+    mean loss; with ``config.bf16`` it runs under bfloat16 autocast. ``validate(model)`` (called
+    under ``no_grad`` in eval mode) returns the loss monitored for early stopping and best-epoch
+    selection, or a dict of validation metrics that are all added to the epoch's history and whose
+    ``config.monitor`` entry is monitored (lower is better); without ``validate`` the training loss
+    is monitored. ``on_best(state)`` runs after each new best epoch (e.g. to save a checkpoint).
     A non-finite loss raises ``ValueError`` naming the epoch and step, after restoring the best
     weights (a checkpoint written by ``on_best`` is left untouched).
     """
@@ -240,7 +262,8 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = move_to(batch, device)
-            loss = loss_fn(model, batch)
+            with autocast(device, config.bf16):
+                loss = loss_fn(model, batch)
             if not torch.isfinite(loss.detach()).all():
                 _restore_best(state)
                 kept = f"the best weights (epoch {state.best_epoch}) are kept" if state.best_epoch else (
@@ -261,16 +284,19 @@ def fit(
                 bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{lr:.2e}", refresh=False)
         bar.close()
         train_loss = total / max(count, 1)
+        train_seconds = time.perf_counter() - t0
 
         val_loss = None
+        val_metrics: dict[str, float] = {}
         if validate is not None:
             model.eval()
             with torch.no_grad():
-                val_loss = float(validate(model))
+                val_loss, val_metrics = _monitored(validate(model), config.monitor)
             model.train()
             if not math.isfinite(val_loss):
                 _restore_best(state)
-                raise ValueError(f"validation loss is {val_loss} after epoch {epoch + 1}; stopped, "
+                what = "validation loss" if config.monitor == "val_loss" else config.monitor
+                raise ValueError(f"{what} is {val_loss} after epoch {epoch + 1}; stopped, "
                                  f"the best weights (epoch {state.best_epoch}) are kept")
         monitored = val_loss if val_loss is not None else train_loss
         state.epoch = epoch + 1
@@ -281,10 +307,16 @@ def fit(
         else:
             state.bad_epochs += 1
         seconds = time.perf_counter() - t0
-        state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                              "lr": epoch_lr, "seconds": seconds})
+        # seconds: the whole epoch, validation included; train_seconds: the training steps only
+        # a dict from validate() is stored as it is (its "val_loss", if any, is the history's)
+        state.history.append({
+            "epoch": epoch + 1, "train_loss": train_loss,
+            "val_loss": val_metrics.get("val_loss") if val_metrics else val_loss, **val_metrics,
+            "lr": epoch_lr, "seconds": seconds, "train_seconds": train_seconds, "samples": count,
+        })
         if not config.quiet:
-            val_text = f"  val {val_loss:.4f}" if val_loss is not None else ""
+            val_text = "".join(f"  {k} {v:.4f}" for k, v in val_metrics.items()) if val_metrics else (
+                f"  val {val_loss:.4f}" if val_loss is not None else "")
             tqdm.write(f"{config.desc} {epoch + 1}/{config.epochs}  train {train_loss:.4f}{val_text}"
                        f"  lr {epoch_lr:.2e}  {seconds:.1f}s{'  *' if improved else ''}")
         if improved and on_best is not None:
