@@ -1,0 +1,124 @@
+"""Batch transforms of the image task, in plain torch on whatever device the batch is on.
+
+    transform = ImageTransform(mean, std, img_size=28, augment=default_augment("fashion-mnist", 28))
+    x = transform(images_uint8, train=True)     # (batch, C, H, W) uint8 -> normalised float32
+
+Order: uint8 -> [0, 1] floats -> resize (bilinear, antialiased) -> random crop from the
+zero-padded image -> horizontal flip -> normalise -> random erasing (erased pixels become 0,
+the dataset mean, as torchvision's RandomErasing after Normalize). Evaluation only converts,
+resizes and normalises. Random draws use torch's default generator of the batch's device,
+which ``seed_everything`` seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["AugmentConfig", "ImageTransform", "default_augment", "random_crop", "random_erase", "random_hflip"]
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 0  # pixels of zero padding a same-size random crop is taken from (0 = off)
+    hflip: bool = False  # random horizontal flips (not for digits: a mirrored 2 is no 2)
+    erase_prob: float = 0.0  # chance per image of random erasing (Zhong et al., AAAI 2020)
+    erase_area: tuple[float, float] = (0.02, 0.33)  # erased fraction of the image, uniform
+    erase_aspect: tuple[float, float] = (0.3, 3.3)  # erased height / width, log-uniform
+
+    def __post_init__(self) -> None:
+        if self.crop_padding < 0 or not 0.0 <= self.erase_prob <= 1.0:
+            raise ValueError(f"crop_padding must be >= 0 and erase_prob in [0, 1], got {self.crop_padding}, "
+                             f"{self.erase_prob}")
+
+
+def default_augment(dataset: str, img_size: int) -> AugmentConfig:
+    """The recipe's augmentation: crop padding img_size // 8; flips and erasing except on digits and MNIST."""
+    digits = dataset in ("digits", "mnist")
+    return AugmentConfig(crop_padding=max(1, img_size // 8), hflip=not digits, erase_prob=0.0 if digits else 0.25)
+
+
+def random_crop(x: Tensor, padding: int) -> Tensor:
+    """(batch, C, H, W) -> same shape: each image cropped at a random offset from its zero-padded copy."""
+    if padding <= 0:
+        return x
+    batch, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (batch, 1), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (batch, 1), device=x.device)
+    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (batch, 1, H, 1)
+    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (batch, 1, 1, W)
+    b = torch.arange(batch, device=x.device)[:, None, None, None]
+    c = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[b, c, rows, cols]
+
+
+def random_hflip(x: Tensor, p: float = 0.5) -> Tensor:
+    """(batch, C, H, W): each image mirrored left-right with probability ``p``."""
+    flip = torch.rand(x.shape[0], device=x.device) < p
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def random_erase(x: Tensor, p: float, area: tuple[float, float] = (0.02, 0.33),
+                 aspect: tuple[float, float] = (0.3, 3.3), value: float = 0.0) -> Tensor:
+    """(batch, C, H, W): with probability ``p`` per image, one random rectangle set to ``value``.
+
+    The rectangle covers a uniform fraction ``area`` of the image with a log-uniform
+    height/width ratio in ``aspect``, clipped to the image (one draw, no rejection loop).
+    """
+    if p <= 0:
+        return x
+    batch, _, h, w = x.shape
+    dev = x.device
+    target = torch.empty(batch, device=dev).uniform_(*area) * (h * w)
+    ratio = torch.exp(torch.empty(batch, device=dev).uniform_(math.log(aspect[0]), math.log(aspect[1])))
+    eh = (target * ratio).sqrt().round().clamp(1, h)
+    ew = (target / ratio).sqrt().round().clamp(1, w)
+    top = (torch.rand(batch, device=dev) * (h - eh + 1)).floor()
+    left = (torch.rand(batch, device=dev) * (w - ew + 1)).floor()
+    ys = torch.arange(h, device=dev)[None, :]
+    xs = torch.arange(w, device=dev)[None, :]
+    in_rows = (ys >= top[:, None]) & (ys < (top + eh)[:, None])  # (batch, H)
+    in_cols = (xs >= left[:, None]) & (xs < (left + ew)[:, None])  # (batch, W)
+    chosen = torch.rand(batch, device=dev) < p
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & chosen[:, None, None])[:, None]  # (batch, 1, H, W)
+    return x.masked_fill(mask, value)
+
+
+class ImageTransform:
+    """uint8 images (batch, C, H, W) -> normalised float32 (batch, C, img_size, img_size).
+
+    ``mean`` / ``std``: per channel on the [0, 1] scale. ``img_size=None`` keeps the size.
+    ``augment`` is applied only when called with ``train=True``.
+    """
+
+    def __init__(self, mean: list[float], std: list[float], img_size: int | None = None,
+                 augment: AugmentConfig | None = None) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.img_size = img_size
+        self.augment = augment
+
+    def __call__(self, images: Tensor, train: bool = False) -> Tensor:
+        x = images.float() / 255.0
+        if self.img_size is not None and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False,
+                              antialias=True).clamp_(0.0, 1.0)
+        a = self.augment if train else None
+        if a is not None:
+            x = random_crop(x, a.crop_padding)
+            if a.hflip:
+                x = random_hflip(x)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if a is not None and a.erase_prob > 0:
+            x = random_erase(x, a.erase_prob, a.erase_area, a.erase_aspect)
+        return x
+
+    def describe(self) -> dict[str, Any]:
+        return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(), "img_size": self.img_size,
+                "augment": None if self.augment is None else asdict(self.augment)}
