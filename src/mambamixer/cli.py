@@ -1,8 +1,9 @@
 """Command line: parses arguments and calls the task functions, nothing more.
 
     mambamixer forecast --model tsm2 --data ETTh1 --horizon 96 [--seq-len 96 --epochs ...]
-    mambamixer evaluate runs/forecast-tsm2-ETTh1-96-96
-    mambamixer models --task forecast
+    mambamixer classify --model resnet_small --data fashion-mnist [--epochs 10 --img-size 28 ...]
+    mambamixer evaluate runs/forecast-tsm2-ETTh1-96-96      # either task: read from the checkpoint
+    mambamixer models --task vision
 
 Every option defaults to None, meaning the model's own default. Bad input (a ValueError or
 FileNotFoundError from the library) prints ``error: ...`` and exits with status 2; ``--debug``
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
     parser = argparse.ArgumentParser(
-        prog="mambamixer", description="MambaMixer, TSM2 and forecasting baselines: train, evaluate and list models."
+        prog="mambamixer",
+        description="MambaMixer, TSM2, the vision families and their baselines: train, evaluate and list models.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -90,10 +92,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_forecast)
 
+    p = sub.add_parser("classify", parents=[common], help="train and test an image classifier",
+                       description="Train a vision model, keep the best epoch on validation top-1, report test "
+                                   "top-1/top-5 over the whole test set. Options left out take the recipe of "
+                                   "docs/vision_data.md.")
+    p.add_argument("--model", required=True, help="registered vision model (see `mambamixer models --task vision`)")
+    p.add_argument("--data", default="digits",
+                   help="digits (default, offline), mnist, fashion-mnist, cifar10, cifar100, or an ImageFolder path")
+    p.add_argument("--data-dir", default=None, help="folder holding (or receiving) the dataset files")
+    p.add_argument("--img-size", type=positive_int, default=None, help="resize images to N x N (default: as stored)")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up, in epochs")
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--grad-clip", type=positive_float, default=None, help="max gradient norm")
+    p.add_argument("--patience", type=non_negative_int, default=None,
+                   help="early-stopping patience in epochs (default and 0: run every epoch)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward passes")
+    p.add_argument("--no-augment", action="store_true", help="no random crops, flips or erasing")
+    p.add_argument("--limit-train", type=positive_int, default=None,
+                   help="train on a seeded subset of N training images (quick checks)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="run folder (default runs/classify-MODEL-DATA)")
+    p.add_argument("--set", dest="overrides", type=key_value, action="append", default=None,
+                   metavar="KEY=VALUE", help="model config override, repeatable (e.g. --set drop_path_rate=0.1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_classify)
+
     p = sub.add_parser("evaluate", parents=[common], help="recompute a run's test metrics",
-                       description="Reload a run's checkpoint and recompute test MSE/MAE.")
+                       description="Reload a run's checkpoint and recompute its test metrics (forecast: MSE/MAE; "
+                                   "classify: top-1/top-5/loss); the task is read from the checkpoint.")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data-dir", default=None, help="folder holding the dataset CSVs (default: the run's)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset files (default: the run's)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("models", parents=[common], help="list registered models")
@@ -115,7 +147,24 @@ def _forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classify(args: argparse.Namespace) -> int:
+    from mambamixer.tasks.classify import run_classify
+
+    run_classify(
+        model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, data_dir=args.data_dir, out=args.out, img_size=args.img_size, quiet=args.quiet,
+        model_overrides=dict(args.overrides or []), weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
+        patience=args.patience, bf16=args.bf16, augment=not args.no_augment, limit_train=args.limit_train,
+    )
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    from mambamixer.tasks.common import run_task
+
+    if run_task(args.run_dir) == "classify":
+        return _evaluate_classify(args)
     from mambamixer.tasks.forecast import evaluate_forecast
 
     r = evaluate_forecast(args.run_dir, data_dir=args.data_dir)
@@ -123,6 +172,18 @@ def _evaluate(args: argparse.Namespace) -> int:
           f"test MSE {r['test_mse']:.4f}  MAE {r['test_mae']:.4f}  ({r['test_windows']} windows)")
     if r.get("stored_test_mse") is not None:
         print(f"metrics.json: test MSE {r['stored_test_mse']:.4f}  MAE {r['stored_test_mae']:.4f}")
+    return 0
+
+
+def _evaluate_classify(args: argparse.Namespace) -> int:
+    from mambamixer.tasks.classify import evaluate_classify
+
+    r = evaluate_classify(args.run_dir, data_dir=args.data_dir)
+    print(f"{r['model']} {r['data']}: test top-1 {r['test_top1']:.4f}  top-5 {r['test_top5']:.4f}  "
+          f"loss {r['test_loss']:.4f}  ({r['test_images']} images)")
+    if r.get("stored_test_top1") is not None:
+        print(f"metrics.json: test top-1 {r['stored_test_top1']:.4f}  top-5 {r['stored_test_top5']:.4f}  "
+              f"loss {r['stored_test_loss']:.4f}")
     return 0
 
 

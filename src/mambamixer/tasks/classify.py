@@ -1,0 +1,474 @@
+"""Image classification: train a registered vision model, pick the best epoch on validation top-1,
+report test top-1/top-5 over the whole test set, and write a self-describing run folder.
+
+    metrics = run_classify("resnet_small", "fashion-mnist", epochs=10)
+    evaluate_classify("runs/classify-resnet_small-fashion-mnist")   # recomputes the test metrics
+
+Arguments left as None take the recipe in :data:`RECIPE` (docs/vision_data.md), the same for
+every model unless :data:`TRAINING_DEFAULTS` says otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mambamixer.data.augment import AugmentConfig, ImageTransform, default_augment
+from mambamixer.data.images import (
+    VAL_FRACTION,
+    BatchLoader,
+    ImageData,
+    ImageSplit,
+    check_data_argument,
+    dataset_name,
+    load_image_data,
+)
+from mambamixer.io import atomic_write_bytes, atomic_write_json
+from mambamixer.models.registry import create_model, model_task
+from mambamixer.tasks.common import (
+    check_out_possible,
+    check_positive_int,
+    data_label,
+    find_checkpoint,
+    peak_memory_mb,
+    pick_device,
+    prepare_out,
+)
+from mambamixer.training.checkpoint import load_checkpoint, save_checkpoint
+from mambamixer.training.plots import plot_confusion_matrix, plot_image_grid, plot_training_curves
+from mambamixer.training.seed import seed_everything
+from mambamixer.training.trainer import TrainConfig, TrainState, autocast, fit
+
+DEFAULT_EVAL_BATCH_SIZE = 512
+RESERVED_OVERRIDES = ("num_classes", "in_chans", "img_size")  # set from the data
+GRID_IMAGES = 32  # test images shown in predictions.png
+
+# The one recipe of the vision benchmark (every model, every dataset): AdamW with decoupled weight
+# decay 0.05, peak LR 1e-3 after a one-epoch linear warm-up, cosine decay to 0 per step, label
+# smoothing 0.1, batch 128, 10 epochs, no early stopping (the best epoch on validation top-1 is kept).
+RECIPE: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine",
+                          "warmup_epochs": 1.0, "epochs": 10, "batch_size": 128, "label_smoothing": 0.1,
+                          "grad_clip": None, "patience": None}
+# Per-model departures from RECIPE; a family's entry ("vim2") applies to its sizes ("vim2_small").
+TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def training_defaults(model: str) -> dict[str, Any]:
+    """The training hyper-parameters used when an argument is left as None."""
+    entry = TRAINING_DEFAULTS.get(model)
+    if entry is None:
+        family = [k for k in TRAINING_DEFAULTS if model.startswith(k + "_")]
+        entry = TRAINING_DEFAULTS[max(family, key=len)] if family else {}
+    return {**RECIPE, **entry}
+
+
+def default_out(model: str, data: str) -> Path:
+    return Path("runs") / f"classify-{model}-{data_label(data)}"
+
+
+def build_vision_model(name: str, num_classes: int, in_chans: int, img_size: int,
+                       overrides: dict[str, Any] | None = None) -> nn.Module:
+    """``create_model`` with the data's shape; a family whose builder takes no ``img_size`` (pure
+    convolutions work at any size) is built without it. A bad override raises ``ValueError``."""
+    overrides = dict(overrides or {})
+    try:
+        try:
+            return create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **overrides)
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+            return create_model(name, num_classes=num_classes, in_chans=in_chans, **overrides)
+    except TypeError as err:
+        raise ValueError(f"bad model override for {name!r}: {err}") from err
+
+
+def aux_loss(model: nn.Module) -> Tensor | None:
+    """The model's auxiliary training loss of its last forward (e.g. the Switch-of-Scans router's load
+    balancing, already weighted by the model), or None. Found as a ``model.aux_loss()`` method."""
+    fn = getattr(model, "aux_loss", None)
+    return fn() if callable(fn) else None
+
+
+def classification_loss(model: nn.Module, images: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy (with label smoothing) of ``model(images)`` plus the model's auxiliary loss.
+
+    ``images``: normalised (batch, C, H, W); ``labels``: (batch,) int64.
+    """
+    loss = F.cross_entropy(model(images).float(), labels, label_smoothing=label_smoothing)
+    extra = aux_loss(model)
+    return loss if extra is None else loss + extra.float()
+
+
+@torch.no_grad()
+def classification_metrics(model: nn.Module, split: ImageSplit, transform: ImageTransform, num_classes: int,
+                           batch_size: int = DEFAULT_EVAL_BATCH_SIZE, device: torch.device | str | None = None,
+                           bf16: bool = False) -> dict[str, Any]:
+    """Top-1, top-k (k = min(5, classes)), mean cross-entropy (no smoothing) and the confusion matrix
+    over every image of ``split`` (no image dropped; sums in float64).
+
+    Returns ``{"top1", "top5", "loss", "images", "confusion" (classes, classes) int64 tensor
+    (rows true, columns predicted), "seconds" (the forward passes)}``.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    k = min(5, num_classes)
+    correct1 = correct5 = 0
+    loss_sum = 0.0
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    seconds = 0.0
+    for images, labels in BatchLoader(split, batch_size):
+        images, labels = images.to(device), labels.to(device)
+        x = transform(images)
+        t0 = time.perf_counter()
+        with autocast(device, bf16):
+            logits = model(x).float()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - t0
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double().item()
+        top = logits.topk(k, dim=1).indices  # (batch, k)
+        hits = top == labels[:, None]
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(dim=1).sum().item()
+        confusion += torch.bincount((labels * num_classes + top[:, 0]).cpu(),
+                                    minlength=num_classes * num_classes).view(num_classes, num_classes)
+    model.train(was_training)
+    n = len(split)
+    if n == 0:
+        raise ValueError("the evaluation split has no images")
+    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "images": n, "confusion": confusion,
+            "seconds": seconds}
+
+
+def measure_throughput(model: nn.Module, images: Tensor, labels: Tensor, transform: ImageTransform,
+                       train_batch: int, eval_batch: int, device: torch.device, bf16: bool = False,
+                       steps: int = 3) -> dict[str, float]:
+    """Steady-state images per second of forward+backward (train mode, batch ``train_batch``) and of
+    the forward alone (eval mode, no_grad, batch ``eval_batch``), after one warm-up step each.
+
+    ``images`` uint8 (n, C, H, W) and ``labels`` (n,) are repeated to fill a batch. The model's
+    weights, buffers (BatchNorm statistics) and gradients are left as they were.
+    """
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    was_training = model.training
+
+    def batch(size: int) -> tuple[Tensor, Tensor]:
+        idx = torch.arange(size) % len(images)
+        return transform(images[idx].to(device)), labels[idx].to(device)
+
+    def timed(size: int, step) -> float:
+        x, y = batch(size)
+        step(x, y)  # warm-up: kernel compilation, allocator growth
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(x, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return steps * size / (time.perf_counter() - t0)
+
+    def train_step(x: Tensor, y: Tensor) -> None:
+        with autocast(device, bf16):
+            loss = classification_loss(model, x, y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def eval_step(x: Tensor, y: Tensor) -> None:
+        with torch.no_grad(), autocast(device, bf16):
+            model(x)
+
+    try:
+        model.train()
+        train_ips = timed(train_batch, train_step)
+        model.eval()
+        eval_ips = timed(eval_batch, eval_step)
+    finally:
+        model.load_state_dict(saved)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return {"train_images_per_second": train_ips, "inference_images_per_second": eval_ips}
+
+
+def _shape_check(net: nn.Module, model: str, data: ImageData, transform: ImageTransform,
+                 device: torch.device) -> None:
+    """One forward of two test images, so a model that cannot take the data fails before anything is written."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(transform(data.test.images[:2].to(device)))
+    except (ValueError, RuntimeError) as err:
+        c, (h, w) = data.in_chans, data.image_size
+        size = transform.img_size or h
+        raise ValueError(f"model {model!r} cannot take the {data.name} images ({c} channels, resized to "
+                         f"{size}x{size} from {h}x{w}): {err}") from err
+    finally:
+        net.train(was_training)
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ValueError(f"model {model!r} returned {tuple(out.shape)} for a batch of 2, expected (2, "
+                         f"{data.num_classes}) logits")
+
+
+def _grid_images(split: ImageSplit, n: int) -> tuple[Tensor, Any]:
+    """A fixed sample of ``n`` test images: their indices and (n, H, W[, 3]) floats in [0, 1]."""
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    imgs = split.images[idx].float() / 255.0
+    imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs.permute(0, 2, 3, 1)
+    return idx, imgs.numpy()
+
+
+def _write_confusion_csv(path: Path, confusion: Tensor, classes: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["true \\ predicted", *classes])
+    for name, row in zip(classes, confusion.tolist(), strict=True):
+        writer.writerow([name, *row])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _image_size(data: ImageData, img_size: int | None) -> int:
+    if img_size is not None:
+        return check_positive_int("img_size", img_size)
+    h, w = data.image_size
+    if h != w:
+        raise ValueError(f"the {data.name} images are {h}x{w}, not square: give an image size (--img-size N)")
+    return h
+
+
+def run_classify(
+    model: str,
+    data: str = "digits",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    img_size: int | None = None,
+    quiet: bool = False,
+    model_overrides: dict[str, Any] | None = None,
+    weight_decay: float | None = None,
+    warmup_epochs: float | None = None,
+    label_smoothing: float | None = None,
+    grad_clip: float | None = None,
+    patience: int | None = None,
+    bf16: bool = False,
+    augment: bool | AugmentConfig = True,
+    val_fraction: float = VAL_FRACTION,
+    limit_train: int | None = None,
+    eval_batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Train vision model ``model`` on ``data`` and write the run folder; returns the metrics dict.
+
+    ``data``: digits, mnist, fashion-mnist, cifar10, cifar100, or an ImageFolder path.
+    ``img_size`` resizes the images (default: their own size). ``augment``: True for the
+    dataset's default (``default_augment``), False for none, or an ``AugmentConfig``.
+    ``patience=0`` or None runs every epoch. Writes into ``out``: ``metrics.json``,
+    ``checkpoint/``, ``confusion_matrix.png`` and ``.csv``, ``predictions.png``,
+    ``training_curves.png``.
+    """
+    started = time.perf_counter()
+    # 1. check every argument before anything is read or written
+    if model_task(model) != "vision":  # unknown names raise ValueError with suggestions
+        raise ValueError(f"model {model!r} is a {model_task(model)} model, not an image classifier")
+    check_data_argument(data)
+    overrides = dict(model_overrides or {})
+    reserved = sorted(set(overrides) & set(RESERVED_OVERRIDES))
+    if reserved:
+        raise ValueError(f"model overrides cannot set {reserved}: they come from the data (use --img-size for "
+                         f"the image size)")
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+             "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "grad_clip": grad_clip,
+             "patience": patience}
+    hp = {**training_defaults(model), **{k: v for k, v in given.items() if v is not None}}
+    hp["batch_size"] = check_positive_int("batch_size", hp["batch_size"])
+    eval_batch_size = check_positive_int(
+        "eval_batch_size", DEFAULT_EVAL_BATCH_SIZE if eval_batch_size is None else eval_batch_size)
+    if not 0.0 <= hp["label_smoothing"] < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {hp['label_smoothing']!r}")
+    if hp["patience"] == 0:
+        hp["patience"] = None
+    if img_size is not None:
+        check_positive_int("img_size", img_size)
+    if limit_train is not None:
+        check_positive_int("limit_train", limit_train)
+    train_config = TrainConfig(
+        epochs=hp["epochs"], lr=hp["lr"], optimizer=hp["optimizer"], weight_decay=hp["weight_decay"],
+        schedule=hp["schedule"], warmup_epochs=hp["warmup_epochs"], grad_clip=hp["grad_clip"],
+        patience=hp["patience"], quiet=quiet, desc=f"{model} epoch", bf16=bf16, monitor="val_error",
+    )  # validates the values
+    out = Path(out) if out is not None else default_out(model, data)
+    check_out_possible(out)
+
+    # 2. data, model, one trial forward; only then the output folder
+    ds = load_image_data(data, data_dir=data_dir, img_size=img_size, val_fraction=val_fraction,
+                         limit_train=limit_train)
+    size = _image_size(ds, img_size)
+    if augment is True:
+        aug: AugmentConfig | None = default_augment(dataset_name(data) or "folder", size)
+    else:
+        aug = augment or None
+    transform = ImageTransform(ds.mean, ds.std, img_size=size, augment=aug)
+    dev = pick_device(device)
+    generator = seed_everything(seed)
+    net = build_vision_model(model, ds.num_classes, ds.in_chans, size, overrides)
+    net.to(dev)
+    _shape_check(net, model, ds, transform, dev)
+    prepare_out(out)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+    data_path = Path(data).expanduser()
+    run = {
+        "task": "classify", "model_name": model,
+        "data": str(data_path.resolve()) if dataset_name(data) is None else dataset_name(data),  # what to reload
+        "dataset": ds.name, "data_source": ds.source,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
+        "img_size": size, "decode_size": img_size, "in_chans": ds.in_chans, "num_classes": ds.num_classes,
+        "classes": ds.classes, "mean": ds.mean, "std": ds.std, "split": ds.split, "val_fraction": val_fraction,
+        "limit_train": limit_train, "augment": dataclasses.asdict(aug) if aug is not None else None,
+        "seed": seed, "model_overrides": overrides,
+        "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay",
+                                           "warmup_epochs", "label_smoothing", "grad_clip", "patience")},
+                     "bf16": bf16, "eval_batch_size": eval_batch_size, "loss": "cross_entropy",
+                     "best_epoch_by": "validation top-1" if len(ds.val) else "training loss (no validation split)",
+                     "drop_last_train": len(ds.train) > hp["batch_size"]},
+        "device": str(dev), "torch_version": torch.__version__,
+    }
+    ckpt_dir = out / "checkpoint"
+
+    # 3. train; the best epoch on validation top-1 is checkpointed as it appears
+    train_loader = BatchLoader(ds.train, hp["batch_size"], shuffle=True, generator=generator,
+                               drop_last=len(ds.train) > hp["batch_size"])
+    smoothing = hp["label_smoothing"]
+
+    def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        images, labels = batch
+        return classification_loss(m, transform(images, train=True), labels, smoothing)
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        r = classification_metrics(m, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16)
+        return {"val_loss": r["loss"], "val_top1": r["top1"], "val_error": 1.0 - r["top1"]}
+
+    def on_best(state: TrainState) -> None:
+        best = state.history[-1]
+        save_checkpoint(ckpt_dir, state.model, {**run, "best_epoch": state.best_epoch,
+                                                "best_val_top1": best.get("val_top1")})
+
+    result = fit(net, train_loader, loss_fn, train_config, validate=validate if len(ds.val) else None,
+                 on_best=on_best, device=dev, generator=generator)
+
+    # 4. evaluate the best weights on every validation and test image
+    test = classification_metrics(net, ds.test, transform, ds.num_classes, eval_batch_size, dev, bf16)
+    val = classification_metrics(net, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16) if len(
+        ds.val) else None
+    speed = measure_throughput(net, ds.test.images[:hp["batch_size"]], ds.test.labels[:hp["batch_size"]], transform,
+                               hp["batch_size"], eval_batch_size, dev, bf16)
+    history = result.history
+    loop_seconds = sum(h["train_seconds"] for h in history)
+    confusion = test["confusion"]
+    per_class = (confusion.diagonal().double() / confusion.sum(dim=1).clamp_min(1).double()).tolist()
+    metrics: dict[str, Any] = {
+        "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
+        "top5_k": min(5, ds.num_classes),
+        "val_top1": val["top1"] if val else None, "val_loss": val["loss"] if val else None,
+        "test_images": test["images"], "val_images": len(ds.val), "train_images": len(ds.train),
+        "n_params": n_params, **speed,
+        "epoch_images_per_second": sum(h["samples"] for h in history) / max(loop_seconds, 1e-9),
+        "train_seconds": result.train_seconds,
+        "seconds_per_epoch": sum(h["seconds"] for h in history) / max(result.epochs_run, 1),
+        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+        "peak_memory_mb": peak_memory_mb(dev),
+        "per_class_accuracy": dict(zip(ds.classes, per_class, strict=True)),
+        "config": dataclasses.asdict(net.config) if dataclasses.is_dataclass(getattr(net, "config", None)) else {},
+        "run": run, "history": history,
+    }
+    if not all(math.isfinite(metrics[k]) for k in ("test_top1", "test_loss")):
+        raise ValueError(f"non-finite evaluation metrics: test loss {test['loss']}")
+
+    # 5. figures, then metrics.json last (its presence marks a finished run)
+    title = f"{model} on {ds.name}"
+    plot_training_curves(history, out / "training_curves.png", result.best_epoch, title,
+                         metrics=("val_top1",) if len(ds.val) else ())
+    plot_confusion_matrix(confusion.numpy(), ds.classes, out / "confusion_matrix.png",
+                          f"{title}: test top-1 {test['top1']:.2%}")
+    _write_confusion_csv(out / "confusion_matrix.csv", confusion, ds.classes)
+    idx, grid = _grid_images(ds.test, GRID_IMAGES)
+    net.eval()
+    with torch.no_grad(), autocast(dev, bf16):
+        pred = net(transform(ds.test.images[idx].to(dev))).float().argmax(dim=1).cpu()
+    plot_image_grid(grid, ds.test.labels[idx].tolist(), pred.tolist(), ds.classes, out / "predictions.png",
+                    f"{title}: test images, predicted and true labels")
+    metrics["seconds"] = time.perf_counter() - started
+    atomic_write_json(out / "metrics.json", metrics)
+    print(f"{model} {ds.name}: test top-1 {test['top1']:.4f}  top-{metrics['top5_k']} {test['top5']:.4f}  "
+          f"loss {test['loss']:.4f}  (best epoch {result.best_epoch}/{result.epochs_run}, {n_params:,} parameters, "
+          f"{metrics['seconds']:.0f} s)")
+    if not quiet:
+        print(f"wrote {out}")
+    return metrics
+
+
+def evaluate_classify(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Reload a run's checkpoint and recompute its test top-1/top-5/loss over every test image.
+
+    ``run_dir`` is a run folder (holding ``checkpoint/``) or a checkpoint folder itself;
+    ``data_dir`` defaults to the one the run used. The run's normalisation statistics,
+    image size and precision are reused, so the figures equal ``metrics.json``'s.
+    """
+    ckpt = find_checkpoint(run_dir)
+    net, run = load_checkpoint(ckpt)
+    if run.get("task") != "classify":
+        raise ValueError(f"{ckpt} is a {run.get('task', 'forecast')} run, not an image-classification run")
+    for key in ("data", "img_size", "mean", "std", "num_classes"):
+        if key not in run:
+            raise ValueError(f"{ckpt / 'run.json'} lacks {key!r}")
+    dev = pick_device(device)
+    net.to(dev)
+    ds = load_image_data(run["data"], data_dir=data_dir if data_dir is not None else run.get("data_dir"),
+                         img_size=run.get("decode_size"), val_fraction=run.get("val_fraction", VAL_FRACTION),
+                         limit_train=run.get("limit_train"))
+    if ds.num_classes != run["num_classes"] or ds.in_chans != run.get("in_chans", ds.in_chans):
+        raise ValueError(f"the data has {ds.num_classes} classes and {ds.in_chans} channels, the checkpoint expects "
+                         f"{run['num_classes']} and {run.get('in_chans')}")
+    transform = ImageTransform(run["mean"], run["std"], img_size=run["img_size"])
+    training = run.get("training", {})
+    bs = batch_size or training.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)
+    test = classification_metrics(net, ds.test, transform, ds.num_classes, bs, dev, bool(training.get("bf16")))
+    result: dict[str, Any] = {
+        "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"], "test_images": test["images"],
+        "model": run["model_name"], "data": ds.name, "checkpoint": str(ckpt),
+    }
+    metrics_path = ckpt.parent / "metrics.json" if ckpt.name == "checkpoint" else None
+    if metrics_path is not None and metrics_path.is_file():
+        try:
+            stored = json.loads(metrics_path.read_text())
+            for key in ("test_top1", "test_top5", "test_loss"):
+                result[f"stored_{key}"] = stored.get(key)
+        except (OSError, json.JSONDecodeError):
+            pass
+    return result
+
+
+__all__ = ["RECIPE", "TRAINING_DEFAULTS", "build_vision_model", "classification_loss", "classification_metrics",
+           "evaluate_classify", "measure_throughput", "run_classify", "training_defaults"]

@@ -1,0 +1,191 @@
+"""The classify task end to end through the command line (short ResNet runs on digits and a tiny
+ImageFolder), the evaluate path, bad input, and the vision baselines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from image_helpers import make_folder
+
+from mambamixer.cli import main
+from mambamixer.models import create_model, list_models, registry
+from mambamixer.tasks.classify import build_vision_model, classification_loss, evaluate_classify, run_classify
+
+pytest.importorskip("sklearn")  # digits
+
+METRIC_KEYS = {"test_top1", "test_top5", "test_loss", "val_top1", "val_loss", "n_params", "train_images_per_second",
+               "inference_images_per_second", "epoch_images_per_second", "seconds", "train_seconds",
+               "seconds_per_epoch", "epochs_run", "best_epoch", "peak_memory_mb", "test_images", "train_images"}
+OUTPUTS = ("metrics.json", "training_curves.png", "confusion_matrix.png", "confusion_matrix.csv", "predictions.png",
+           "checkpoint/model.safetensors", "checkpoint/config.json", "checkpoint/run.json")
+
+
+def _classify_args(out: Path, *extra: str) -> list[str]:
+    return ["classify", "--model", "resnet_test", "--data", "digits", "--epochs", "3", "--lr", "3e-3",
+            "--warmup-epochs", "0", "--out", str(out), "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("classify") / "run"
+    assert main(_classify_args(out, "--set", "dims=[8, 16, 24]")) == 0
+    return out
+
+
+def test_classify_writes_every_file(run_dir: Path) -> None:
+    for name in OUTPUTS:
+        assert (run_dir / name).is_file(), name
+    for name in ("training_curves.png", "confusion_matrix.png", "predictions.png"):
+        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(run_dir.rglob("*.tmp"))
+    rows = (run_dir / "confusion_matrix.csv").read_text().splitlines()
+    assert len(rows) == 11 and sum(int(v) for r in rows[1:] for v in r.split(",")[1:]) == 359
+
+
+def test_metrics_are_complete_and_training_learns(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) >= METRIC_KEYS
+    for key in METRIC_KEYS:
+        assert isinstance(metrics[key], (int, float)) and math.isfinite(metrics[key]), key
+    losses = [h["train_loss"] for h in metrics["history"]]
+    assert losses[-1] < losses[0]  # training lowers the loss
+    assert metrics["test_top1"] > 0.25 and metrics["test_top5"] >= metrics["test_top1"]  # chance is 0.1
+    assert metrics["test_images"] == 359 and metrics["epochs_run"] == 3
+    assert metrics["config"]["dims"] == [8, 16, 24]  # --set reached the model
+    run = metrics["run"]
+    assert run["task"] == "classify" and run["model_name"] == "resnet_test" and run["img_size"] == 8
+    assert run["training"]["lr"] == 3e-3 and run["training"]["label_smoothing"] == 0.1  # flag and recipe
+    assert run["augment"]["hflip"] is False  # no flips for digits
+    assert all({"val_top1", "val_loss", "lr", "samples"} <= set(h) for h in metrics["history"])
+
+
+def test_evaluate_reproduces_metrics(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    again = evaluate_classify(run_dir)
+    assert again["test_top1"] == metrics["test_top1"] and again["test_top5"] == metrics["test_top5"]
+    assert again["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir)]) == 0  # dispatches on the checkpoint's task
+    out = capsys.readouterr().out
+    assert f"test top-1 {metrics['test_top1']:.4f}" in out and "metrics.json: test top-1" in out
+
+
+def test_image_folder_run(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "pets", n=8, size=(8, 8))
+    out = tmp_path / "run"
+    assert main(["classify", "--model", "vit_test", "--data", str(root), "--epochs", "1", "--out", str(out),
+                 "--quiet", "--bf16", "--set", "patch_size=2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["in_chans"] == 3 and metrics["run"]["classes"] == ["cat", "dog"]
+    assert metrics["run"]["training"]["bf16"] is True and math.isfinite(metrics["test_loss"])
+    assert evaluate_classify(out)["test_top1"] == metrics["test_top1"]
+
+
+@pytest.fixture
+def three_channel_model(monkeypatch: pytest.MonkeyPatch) -> str:
+    registry._ensure_loaded()
+    monkeypatch.setitem(registry._ENTRYPOINTS, "rgb_only_test", lambda **kw: create_model(
+        "resnet_test", **{**kw, "in_chans": 3}))
+    monkeypatch.setitem(registry._TASKS, "rgb_only_test", "vision")
+    return "rgb_only_test"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--model": "no_such_model"}, "unknown model"),
+        ({"--model": "dlinear"}, "not an image classifier"),
+        ({"--data": "imagenet22k"}, "unknown dataset 'imagenet22k'"),
+        ({"--set": "num_classes=3"}, "cannot set ['num_classes']"),
+        ({"--set": "no_such_field=3"}, "no_such_field"),
+        ({"--img-size": "6"}, "not divisible by the total stride 4"),
+        ({"--model": "vit_test", "--img-size": "10"}, "multiple of patch_size"),
+        ({"--model": "rgb_only_test"}, "cannot take the digits images (1 channels"),
+        ({"--epochs": "0"}, "positive integer"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(change: dict[str, str], message: str, tmp_path: Path,
+                                              three_channel_model: str, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    args = _classify_args(out)
+    for flag, value in change.items():
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_bad_image_folders_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    single = make_folder(tmp_path / "single", classes=("cat",))
+    broken = make_folder(tmp_path / "broken")
+    (broken / "dog" / "x.png").write_bytes(b"\x89PNG broken")
+    for folder, message in ((empty, "no class sub-folders"), (single, "single class"), (broken, "cannot read image"),
+                            (tmp_path / "missing" / "", "no ImageFolder")):
+        out = tmp_path / f"run-{folder.name}"
+        assert main(["classify", "--model", "resnet_test", "--data", str(folder) + "/", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, err
+        assert not out.exists()
+
+
+def test_evaluate_refuses_a_forecast_checkpoint_for_classify(run_dir: Path, tmp_path: Path) -> None:
+    run = json.loads((run_dir / "checkpoint" / "run.json").read_text())
+    fake = tmp_path / "checkpoint"
+    fake.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (fake / name).write_bytes((run_dir / "checkpoint" / name).read_bytes())
+    (fake / "run.json").write_text(json.dumps({**run, "task": "forecast"}))
+    with pytest.raises(ValueError, match="not an image-classification run"):
+        evaluate_classify(fake)
+
+
+# ------------------------------------------------------------------------------ vision baselines
+
+
+@pytest.mark.parametrize("name", ["resnet_small", "vit_small"])
+def test_baseline_sizes(name: str) -> None:
+    model = create_model(name, num_classes=10, in_chans=1, img_size=28)
+    n = sum(p.numel() for p in model.parameters())
+    assert 1_000_000 < n < 3_000_000
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_baselines_registered_and_reload(tmp_path: Path) -> None:
+    assert {"resnet_small", "resnet_test", "vit_small", "vit_test"} <= set(list_models(task="vision"))
+    model = build_vision_model("resnet_test", 3, 3, 16, {"features_only": True})
+    feats = model(torch.randn(1, 3, 16, 16))
+    assert [tuple(f.shape) for f in feats] == [(1, 8, 16, 16), (1, 16, 8, 8), (1, 32, 4, 4)]
+    vit = build_vision_model("vit_test", 4, 3, 16, {})
+    vit.save_pretrained(tmp_path / "vit")
+    again = type(vit).from_pretrained(tmp_path / "vit")
+    x = torch.randn(2, 3, 16, 16)
+    vit.eval()
+    again.eval()
+    assert torch.equal(vit(x), again(x))
+    with pytest.raises(ValueError, match="img_size=16"):
+        vit(torch.randn(2, 3, 8, 8))
+
+
+def test_aux_loss_is_added() -> None:
+    model = create_model("resnet_test", num_classes=3, in_chans=1, img_size=8)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    base = classification_loss(model, x, y)
+    model.aux_loss = lambda: torch.tensor(0.5)  # as ViM2 with Switch of Scans exposes its balance loss
+    assert classification_loss(model, x, y).item() == pytest.approx(base.item() + 0.5, rel=1e-5)
+
+
+def test_run_classify_api_limit_train(tmp_path: Path) -> None:
+    metrics = run_classify("resnet_test", "digits", epochs=1, limit_train=64, out=tmp_path / "run", quiet=True,
+                           augment=False, batch_size=32)
+    assert metrics["train_images"] == 64 and metrics["run"]["augment"] is None
+    assert metrics["history"][0]["samples"] == 64  # two full batches
