@@ -494,6 +494,7 @@ class _FusedScan(torch.autograd.Function):
         return du, ddelta, dA, dB_part[0], dC_part[0], dD, dz, dbias, None
 
 
+@torch.compiler.disable  # numba kernels cannot be traced: torch.compile runs around this op
 def selective_scan_cpu_fused(
     u: Tensor,
     delta: Tensor,
