@@ -184,8 +184,10 @@ def test_aux_loss_is_added() -> None:
     assert classification_loss(model, x, y).item() == pytest.approx(base.item() + 0.5, rel=1e-5)
 
 
-def test_run_classify_api_limit_train(tmp_path: Path) -> None:
-    metrics = run_classify("resnet_test", "digits", epochs=1, limit_train=64, out=tmp_path / "run", quiet=True,
-                           augment=False, batch_size=32)
+def test_run_classify_api_limits(tmp_path: Path) -> None:
+    metrics = run_classify("resnet_test", "digits", epochs=1, limit_train=64, limit_eval=50, out=tmp_path / "run",
+                           quiet=True, augment=False, batch_size=32)
     assert metrics["train_images"] == 64 and metrics["run"]["augment"] is None
     assert metrics["history"][0]["samples"] == 64  # two full batches
+    assert metrics["test_images"] == 50 and metrics["val_images"] == 50
+    assert evaluate_classify(tmp_path / "run")["test_images"] == 50  # the same seeded subset

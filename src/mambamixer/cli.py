@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="no random crops, flips or erasing")
     p.add_argument("--limit-train", type=positive_int, default=None,
                    help="train on a seeded subset of N training images (quick checks)")
+    p.add_argument("--limit-eval", type=positive_int, default=None,
+                   help="validate and test on seeded subsets of N images (quick checks, not results)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder (default runs/classify-MODEL-DATA)")
     p.add_argument("--set", dest="overrides", type=key_value, action="append", default=None,
@@ -156,6 +158,7 @@ def _classify(args: argparse.Namespace) -> int:
         model_overrides=dict(args.overrides or []), weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
         patience=args.patience, bf16=args.bf16, augment=not args.no_augment, limit_train=args.limit_train,
+        limit_eval=args.limit_eval,
     )
     return 0
 

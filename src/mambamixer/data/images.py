@@ -533,25 +533,35 @@ def check_data_argument(data: str) -> None:
                          f"ImageFolder tree (a folder of class sub-folders holding images)")
 
 
+def _seeded_subset(split: ImageSplit, n: int, seed: int) -> ImageSplit:
+    if n >= len(split):
+        return split
+    keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
+    return split.subset(keep.sort().values)
+
+
 def load_image_data(
     data: str,
     data_dir: str | os.PathLike | None = None,
     img_size: int | None = None,
     val_fraction: float = VAL_FRACTION,
     limit_train: int | None = None,
+    limit_eval: int | None = None,
 ) -> ImageData:
     """Load a dataset by name (``DATASETS``) or an ImageFolder path into memory.
 
     ``img_size`` resizes ImageFolder images while decoding (needed when their sizes differ);
     built-in datasets keep their native size (the task resizes batches). ``val_fraction`` of
     the training images (stratified, seed ``SPLIT_SEED``) is held out as validation, unless the
-    tree has its own; ``limit_train`` keeps a seeded subset of that many training images.
+    tree has its own; ``limit_train`` keeps a seeded subset of that many training images and
+    ``limit_eval`` of that many validation and test images (quick checks, not results).
     """
     check_data_argument(data)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if limit_train is not None and limit_train < 1:
-        raise ValueError(f"limit_train must be a positive integer, got {limit_train!r}")
+    for what, limit in (("limit_train", limit_train), ("limit_eval", limit_eval)):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"{what} must be a positive integer, got {limit!r}")
     name = dataset_name(data)
     val: ImageSplit | None = None
     held_out = "validation: {pct} of train, stratified, seed {seed}"
@@ -581,9 +591,11 @@ def load_image_data(
         train, val = train.subset(kept), train.subset(held)
     split = split.format(pct=f"{val_fraction:.0%}", seed=SPLIT_SEED + 1)
     if limit_train is not None and limit_train < len(train):
-        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED + 2))[:limit_train]
-        train = train.subset(keep.sort().values)
+        train = _seeded_subset(train, limit_train, SPLIT_SEED + 2)
         split += f"; training limited to {limit_train} images (seeded)"
+    if limit_eval is not None and max(len(val), len(test)) > limit_eval:
+        val, test = _seeded_subset(val, limit_eval, SPLIT_SEED + 3), _seeded_subset(test, limit_eval, SPLIT_SEED + 4)
+        split += f"; validation and test limited to {limit_eval} images each (seeded): not comparable to results"
     for what, part in (("training", train), ("test", test)):
         if len(part) == 0:
             raise ValueError(f"{name}: the {what} split has no images")

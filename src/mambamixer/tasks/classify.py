@@ -269,6 +269,7 @@ def run_classify(
     augment: bool | AugmentConfig = True,
     val_fraction: float = VAL_FRACTION,
     limit_train: int | None = None,
+    limit_eval: int | None = None,
     eval_batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
@@ -277,7 +278,8 @@ def run_classify(
     ``data``: digits, mnist, fashion-mnist, cifar10, cifar100, or an ImageFolder path.
     ``img_size`` resizes the images (default: their own size). ``augment``: True for the
     dataset's default (``default_augment``), False for none, or an ``AugmentConfig``.
-    ``patience=0`` or None runs every epoch. Writes into ``out``: ``metrics.json``,
+    ``patience=0`` or None runs every epoch. ``limit_train`` / ``limit_eval`` keep seeded subsets
+    of the training / the validation and test images (quick checks). Writes into ``out``: ``metrics.json``,
     ``checkpoint/``, ``confusion_matrix.png`` and ``.csv``, ``predictions.png``,
     ``training_curves.png``.
     """
@@ -304,8 +306,9 @@ def run_classify(
         hp["patience"] = None
     if img_size is not None:
         check_positive_int("img_size", img_size)
-    if limit_train is not None:
-        check_positive_int("limit_train", limit_train)
+    for name, limit in (("limit_train", limit_train), ("limit_eval", limit_eval)):
+        if limit is not None:
+            check_positive_int(name, limit)
     train_config = TrainConfig(
         epochs=hp["epochs"], lr=hp["lr"], optimizer=hp["optimizer"], weight_decay=hp["weight_decay"],
         schedule=hp["schedule"], warmup_epochs=hp["warmup_epochs"], grad_clip=hp["grad_clip"],
@@ -316,7 +319,7 @@ def run_classify(
 
     # 2. data, model, one trial forward; only then the output folder
     ds = load_image_data(data, data_dir=data_dir, img_size=img_size, val_fraction=val_fraction,
-                         limit_train=limit_train)
+                         limit_train=limit_train, limit_eval=limit_eval)
     size = _image_size(ds, img_size)
     if augment is True:
         aug: AugmentConfig | None = default_augment(dataset_name(data) or "folder", size)
@@ -341,8 +344,8 @@ def run_classify(
         "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
         "img_size": size, "decode_size": img_size, "in_chans": ds.in_chans, "num_classes": ds.num_classes,
         "classes": ds.classes, "mean": ds.mean, "std": ds.std, "split": ds.split, "val_fraction": val_fraction,
-        "limit_train": limit_train, "augment": dataclasses.asdict(aug) if aug is not None else None,
-        "seed": seed, "model_overrides": overrides,
+        "limit_train": limit_train, "limit_eval": limit_eval,
+        "augment": dataclasses.asdict(aug) if aug is not None else None, "seed": seed, "model_overrides": overrides,
         "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay",
                                            "warmup_epochs", "label_smoothing", "grad_clip", "patience")},
                      "bf16": bf16, "eval_batch_size": eval_batch_size, "loss": "cross_entropy",
@@ -447,7 +450,7 @@ def evaluate_classify(
     net.to(dev)
     ds = load_image_data(run["data"], data_dir=data_dir if data_dir is not None else run.get("data_dir"),
                          img_size=run.get("decode_size"), val_fraction=run.get("val_fraction", VAL_FRACTION),
-                         limit_train=run.get("limit_train"))
+                         limit_train=run.get("limit_train"), limit_eval=run.get("limit_eval"))
     if ds.num_classes != run["num_classes"] or ds.in_chans != run.get("in_chans", ds.in_chans):
         raise ValueError(f"the data has {ds.num_classes} classes and {ds.in_chans} channels, the checkpoint expects "
                          f"{run['num_classes']} and {run.get('in_chans')}")
