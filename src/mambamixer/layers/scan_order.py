@@ -39,6 +39,19 @@ def _grid_permutation(name: str, height: int, width: int) -> tuple[int, ...]:
     return tuple(order.tolist())
 
 
+@lru_cache(maxsize=256)
+def _grid_indices(name: str, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The permutation of ``name`` and its inverse as index tensors on ``device`` (built once)."""
+    perm = torch.tensor(_grid_permutation(name, height, width))
+    return perm.to(device), torch.argsort(perm).to(device)
+
+
+def _transpose_grid(x: Tensor, grid: tuple[int, int], dim: int) -> Tensor:
+    """Axis ``dim`` of x holds a row-major (height, width) grid -> the same axis in column-major order."""
+    dim = dim % x.dim()
+    return x.unflatten(dim, grid).transpose(dim, dim + 1).flatten(dim, dim + 1)
+
+
 class ScanOrder:
     """A named token order. 1D: 'forward', 'reverse'. 2D: see ``ORDERS_2D``."""
 
@@ -63,17 +76,32 @@ class ScanOrder:
         """x with its token axis ``dim`` (length) in token order -> the same axis in scan order."""
         if self.name == "reverse":  # flip is much faster than a gather
             return x.flip(dim)
-        perm = self.permutation(x.shape[dim], grid, x.device)
-        return x if perm is None else x.index_select(dim, perm)
+        if not self.is_2d:
+            return x
+        self._check_grid(x.shape[dim], grid)
+        base, reverse = self.name.removesuffix("_reverse"), self.name.endswith("_reverse")
+        if base in ("row", "column"):  # no gather: identity or a transpose, then a flip
+            x = _transpose_grid(x, grid, dim) if base == "column" else x
+            return x.flip(dim) if reverse else x
+        return x.index_select(dim, _grid_indices(self.name, *grid, x.device)[0])
 
     def undo(self, y: Tensor, grid: tuple[int, int] | None = None, dim: int = -1) -> Tensor:
         """y with its token axis ``dim`` in scan order -> the same axis in token order."""
         if self.name == "reverse":
             return y.flip(dim)
-        perm = self.permutation(y.shape[dim], grid, y.device)
-        if perm is None:
+        if not self.is_2d:
             return y
-        return y.index_select(dim, torch.argsort(perm))
+        self._check_grid(y.shape[dim], grid)
+        base, reverse = self.name.removesuffix("_reverse"), self.name.endswith("_reverse")
+        if base in ("row", "column"):
+            y = y.flip(dim) if reverse else y
+            return _transpose_grid(y, (grid[1], grid[0]), dim) if base == "column" else y
+        return y.index_select(dim, _grid_indices(self.name, *grid, y.device)[1])
+
+    def _check_grid(self, length: int, grid: tuple[int, int] | None) -> None:
+        if grid is None or grid[0] * grid[1] != length:
+            raise ValueError(f"scan order {self.name!r} needs grid=(height, width) with height * width = {length}, "
+                             f"got {grid}")  # fmt: skip
 
     def __repr__(self) -> str:
         return f"ScanOrder({self.name!r})"

@@ -1,0 +1,84 @@
+"""Switch of Scans (SoS): a router picks, per input, which scans of a mixer to compute.
+
+    pooled input (batch, d_model) -> Linear -> logits over the candidate scans
+    -> top-k candidates per input, weights k * softmax(their logits)
+    -> y = sum over the chosen c of weight_c * scan_c(x)
+
+Only the chosen scans run: the batch is split by candidate, each candidate scans the inputs that
+chose it, and the results are added back in place. The weights sum to k, so equal weights give
+the plain sum of k scans (what a fixed multi-scan mixer computes).
+
+The router is balanced as Switch Transformer's experts are: with f_c the fraction of the
+batch's (input, slot) choices that went to candidate c and P_c the mean router probability
+(softmax over all candidates) of c,
+
+    balance_loss = n_candidates * sum_c f_c P_c
+
+which is 1 when choices and probabilities are uniform. After every forward the layer keeps its
+value in ``balance_loss`` (a scalar tensor in the graph); models sum it over their routers and
+expose it as ``aux_loss()`` for the training loop to add.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SwitchOfScans(nn.Module):
+    """Router over ``n_candidates`` scans, ``top_k`` chosen per input."""
+
+    def __init__(self, d_model: int, n_candidates: int, top_k: int = 2) -> None:
+        super().__init__()
+        if not 1 <= top_k <= n_candidates:
+            raise ValueError(f"top_k must be in [1, n_candidates={n_candidates}], got {top_k}")
+        self.n_candidates, self.top_k = n_candidates, top_k
+        self.router = nn.Linear(d_model, n_candidates)
+        self.balance_loss: Tensor | None = None
+        self.last_choice: Tensor | None = None  # (batch, top_k) candidate indices of the latest forward
+
+    def route(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """pooled (batch, d_model) -> chosen candidates (batch, top_k) and their weights (batch, top_k).
+
+        Sets ``balance_loss`` and ``last_choice``.
+        """
+        logits = self.router(pooled).float()  # (batch, n_candidates)
+        top_logits, choice = logits.topk(self.top_k, dim=-1)
+        weights = self.top_k * F.softmax(top_logits, dim=-1)
+        fraction = F.one_hot(choice, self.n_candidates).sum(dim=(0, 1)).float() / choice.numel()
+        self.balance_loss = self.n_candidates * (fraction * F.softmax(logits, dim=-1).mean(0)).sum()
+        self.last_choice = choice.detach()
+        return choice, weights.to(pooled.dtype)
+
+    def forward(self, pooled: Tensor, x: Tensor, scan: Callable[[int, Tensor], Tensor]) -> Tensor:
+        """Weighted sum of the chosen scans of x (batch, ...) -> (batch, ...).
+
+        ``scan(c, x_sub)`` computes candidate c on a sub-batch x_sub (n, ...) -> (n, ...);
+        it is called once per candidate that at least one input chose, on those inputs only.
+        """
+        choice, weights = self.route(pooled)
+        out = None
+        for c in range(self.n_candidates):
+            rows, slot = (choice == c).nonzero(as_tuple=True)  # an input picks a candidate at most once
+            if rows.numel() == 0:
+                continue
+            y = scan(c, x.index_select(0, rows))
+            y = y * weights[rows, slot].view(-1, *(1,) * (y.dim() - 1))
+            if out is None:
+                out = y.new_zeros((x.shape[0], *y.shape[1:]))
+            out.index_add_(0, rows, y)  # in place: rows are distinct per candidate
+        return out
+
+    def extra_repr(self) -> str:
+        return f"n_candidates={self.n_candidates}, top_k={self.top_k}"
+
+
+def balance_loss(module: nn.Module) -> Tensor:
+    """Mean of the ``balance_loss`` of every SwitchOfScans inside ``module`` (latest forward); 0 without any."""
+    losses = [m.balance_loss for m in module.modules() if isinstance(m, SwitchOfScans) and m.balance_loss is not None]
+    if not losses:
+        return torch.zeros(())
+    return torch.stack(losses).mean()
