@@ -1,0 +1,140 @@
+"""Image-classification benchmark: every model on Fashion-MNIST with one recipe and the same epochs.
+
+    python benchmarks/vision.py                                       # default models, recipe epochs
+    python benchmarks/vision.py --models resnet_small vit_small --epochs 5
+    python benchmarks/vision.py --epochs 1 --limit-train 512 --limit-eval 1000   # a quick check only
+
+A model is a registered name, optionally followed by config overrides:
+``vim2_femto:switch_of_scans=true`` is ViM2 with Switch of Scans. Each model runs
+``mambamixer classify`` in its own process (so peak memory is that run's own) with the recipe of
+``mambamixer.tasks.classify.RECIPE`` and ``--epochs`` for all; its metrics.json is collected into
+``--results`` (JSON lines; finished runs are skipped when re-run, so an interrupted benchmark
+resumes). The Markdown table printed at the end has test top-1/top-5, parameters, train
+(forward+backward) and inference images per second, peak memory and time, with the published
+Fashion-MNIST accuracies of the data README below ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# Published Fashion-MNIST test accuracies (shared/data/README.md, from the Fashion-MNIST benchmark page).
+PUBLISHED = [("ResNet-18", "94.9%"), ("WRN-28-10", "95.9%"), ("WRN-40-4, 8.9M parameters", "96.7%"),
+             ("SVC, the best classical model", "89.7%")]
+# The small variants (about 1-2M parameters at 10 classes on 28x28) and the two baselines.
+DEFAULT_MODELS = ["vim2_femto", "viqs_femto", "vim2_femto:switch_of_scans=true", "resnet_small", "vit_small"]
+
+
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """``name:key=value,key=value`` -> (name, ["key=value", ...])."""
+    name, _, rest = spec.partition(":")
+    return name, [kv for kv in rest.split(",") if kv]
+
+
+def run_key(spec: str, args: argparse.Namespace, epochs: int) -> str:
+    return (f"{spec}/{args.data}/e{epochs}/s{args.seed}/train{args.limit_train or 'all'}/"
+            f"eval{args.limit_eval or 'all'}/{'bf16' if args.bf16 else 'fp32'}")
+
+
+def load_results(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["key"]: row for row in rows}
+
+
+def run_one(spec: str, key: str, epochs: int, args: argparse.Namespace) -> dict:
+    name, overrides = parse_spec(spec)
+    out = Path(args.runs) / key.replace("/", "-").replace(":", "-").replace(",", "-")
+    cmd = [sys.executable, "-m", "mambamixer", "classify", "--model", name, "--data", args.data, "--epochs",
+           str(epochs), "--seed", str(args.seed), "--out", str(out), "--quiet"]
+    for kv in overrides:
+        cmd += ["--set", kv]
+    for flag, value in (("--data-dir", args.data_dir), ("--limit-train", args.limit_train),
+                        ("--limit-eval", args.limit_eval)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if args.bf16:
+        cmd.append("--bf16")
+    subprocess.run(cmd, check=True)
+    m = json.loads((out / "metrics.json").read_text())
+    keep = ("test_top1", "test_top5", "test_loss", "val_top1", "n_params", "train_images_per_second",
+            "inference_images_per_second", "epoch_images_per_second", "peak_memory_mb", "seconds", "seconds_per_epoch",
+            "epochs_run", "best_epoch", "train_images", "test_images")
+    return {"key": key, "model": spec, "data": args.data, "epochs": epochs, "seed": args.seed,
+            "limit_train": args.limit_train, "limit_eval": args.limit_eval, "bf16": args.bf16,
+            "device": m["run"]["device"], **{k: m[k] for k in keep}}
+
+
+def table(rows: list[dict], data: str) -> str:
+    lines = ["| model | params | test top-1 | top-5 | train img/s | inference img/s | peak MB | s/epoch | epochs | "
+             "train / test images |", "|" + " --- |" * 10]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['n_params']:,} | {r['test_top1']:.2%} | {r['test_top5']:.2%} | "
+                     f"{r['train_images_per_second']:.0f} | {r['inference_images_per_second']:.0f} | "
+                     f"{r['peak_memory_mb']:.0f} | {r['seconds_per_epoch']:.0f} | {r['epochs']} | "
+                     f"{r['train_images']} / {r['test_images']} |")
+    if data == "fashion-mnist":
+        for model, acc in PUBLISHED:
+            lines.append(f"| {model} (published) | - | {acc} | - | - | - | - | - | - | 60000 / 10000 |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from mambamixer.models.registry import list_models
+    from mambamixer.tasks.classify import RECIPE
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_MODELS)}")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"], help="the same for every model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit-train", type=int, default=None, help="seeded subset of N training images")
+    parser.add_argument("--limit-eval", type=int, default=None, help="seeded subsets of N val and test images")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--runs", default="runs/benchmark-vision", help="folder for the run folders")
+    parser.add_argument("--results", default="runs/benchmark-vision/results.jsonl")
+    parser.add_argument("--markdown", default=None, help="also write the table to this file")
+    args = parser.parse_args()
+
+    known = set(list_models(task="vision"))
+    specs = args.models or DEFAULT_MODELS
+    missing = [s for s in specs if parse_spec(s)[0] not in known]
+    if missing and args.models:
+        parser.error(f"not registered vision models: {', '.join(missing)}")
+    if missing:
+        print(f"skipped (not registered yet): {', '.join(missing)}", flush=True)
+    specs = [s for s in specs if s not in missing]
+
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    done = load_results(results_path)
+    keys = []
+    for spec in specs:
+        key = run_key(spec, args, args.epochs)
+        keys.append(key)
+        if key in done:
+            continue
+        print(f"running {key}", flush=True)
+        row = run_one(spec, key, args.epochs, args)
+        done[key] = row
+        with results_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(f"  test top-1 {row['test_top1']:.4f}  {row['train_images_per_second']:.0f} train img/s  "
+              f"{row['seconds']:.0f} s", flush=True)
+    text = table([done[k] for k in keys], args.data)
+    if args.limit_train or args.limit_eval:
+        text += (f"\n\nQuick check, not a result: training on {args.limit_train or 'all'} images, validation and "
+                 f"test on {args.limit_eval or 'all'}.")
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
