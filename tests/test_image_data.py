@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import pickle
+import sys
 import tarfile
 from pathlib import Path
 
@@ -153,6 +154,12 @@ def test_digits() -> None:
     assert len(data.test) == 359 and data.image_size == (8, 8) and data.in_chans == 1 and data.num_classes == 10
     assert int(data.train.images.max()) == 255 and int(data.train.images.min()) == 0
     assert torch.bincount(data.test.labels).min() >= 35  # stratified: every digit in the test set
+
+
+def test_digits_without_scikit_learn_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # as if scikit-learn were not installed
+    with pytest.raises(ValueError, match=r"pip install 'mambamixer\[vision\]'"):
+        load_image_data("digits")
 
 
 # ------------------------------------------------------------------------------------ ImageFolder

@@ -203,12 +203,13 @@ def measure_throughput(model: nn.Module, images: Tensor, labels: Tensor, transfo
 
 
 def _shape_check(net: nn.Module, model: str, data: ImageData, transform: ImageTransform,
-                 device: torch.device) -> None:
-    """One forward of two test images, so a model that cannot take the data fails before anything is written."""
+                 device: torch.device, bf16: bool) -> None:
+    """One forward of two test images (in the run's precision), so a model that cannot take the data
+    fails before anything is written."""
     was_training = net.training
     net.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, bf16):
             out = net(transform(data.test.images[:2].to(device)))
     except (ValueError, RuntimeError) as err:
         c, (h, w) = data.in_chans, data.image_size
@@ -330,7 +331,7 @@ def run_classify(
     generator = seed_everything(seed)
     net = build_vision_model(model, ds.num_classes, ds.in_chans, size, overrides)
     net.to(dev)
-    _shape_check(net, model, ds, transform, dev)
+    _shape_check(net, model, ds, transform, dev, bf16)
     prepare_out(out)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
