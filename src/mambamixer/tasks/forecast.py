@@ -58,6 +58,10 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     # TSM2: AdamW 2e-4, cosine, 8 epochs, batch 64 (a first sweep on ETTh1-96, docs/tsm2.md).
     "tsm2": {"optimizer": "adamw", "lr": 2e-4, "schedule": "cosine", "epochs": 8, "batch_size": 64,
              "patience": 3, "weight_decay": 0.01},
+    # SiMBA: AdamW 5e-4, cosine, 10 epochs, batch 64 (best validation MSE of an lr sweep on ETTh1-96,
+    # docs/mambaout_simba.md).
+    "simba": {"optimizer": "adamw", "lr": 5e-4, "schedule": "cosine", "epochs": 10, "batch_size": 64,
+              "patience": 3, "weight_decay": 0.01},
 }
 # For forecasters registered without an entry above.
 FALLBACK_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "schedule": "cosine", "epochs": 10,
