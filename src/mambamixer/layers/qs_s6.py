@@ -36,18 +36,25 @@ class QSS6(S6):
         """x, z (batch, d_inner, length) -> (batch, d_inner, length); z gates the output by SiLU."""
         if reverse:
             raise ValueError("QSS6 already scans both directions; reverse=True has no meaning for it")
-        batch = x.shape[0]
         delta, B, C = self.ssm_parameters(x)  # position-wise, so those of flip(x) are their flips
-
-        def both(t: Tensor) -> Tensor:  # (batch, ...) -> (2 batch, ...): the sequence and its flip
-            return torch.cat((t, t.flip(-1)))
-
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(
-            both(x), both(delta), A, both(B), both(C), None,
-            delta_bias=self.dt_bias.float(), delta_softplus=True,
-        )  # fmt: skip
-        forward, backward = y[:batch], y[batch:].flip(-1)  # backward[t] sums the inputs j >= t
-        # shift right (forward) / left (backward) so that neither triangle holds the diagonal
-        out = F.pad(forward[..., :-1], (1, 0)) + F.pad(backward[..., 1:], (0, 1)) + x * self.D[:, None].to(x.dtype)
+        out = quasi_separable_scan(x, delta, A, B, C, self.D, self.dt_bias.float())
         return out if z is None else out * F.silu(z)
+
+
+def quasi_separable_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                         delta_bias: Tensor | None = None) -> Tensor:  # fmt: skip
+    """QS(u) = shift(SS(u)) + flip(shift(SS(flip(u)))) + D u, with softplus(delta + delta_bias) as the step.
+
+    u, delta (batch, d_inner, length); A (d_inner, d_state); B, C (batch, [groups,] d_state, length);
+    D (d_inner,). Both scans run as one ``selective_scan`` call over a batch of 2 * batch.
+    """
+    batch = u.shape[0]
+
+    def both(t: Tensor) -> Tensor:  # (batch, ...) -> (2 batch, ...): the sequence and its flip
+        return torch.cat((t, t.flip(-1)))
+
+    y = selective_scan(both(u), both(delta), A, both(B), both(C), None, delta_bias=delta_bias, delta_softplus=True)
+    forward, backward = y[:batch], y[batch:].flip(-1)  # backward[t] sums the inputs j >= t
+    # shift right (forward) / left (backward) so that neither triangle holds the diagonal
+    return F.pad(forward[..., :-1], (1, 0)) + F.pad(backward[..., 1:], (0, 1)) + u * D[:, None].to(u.dtype)

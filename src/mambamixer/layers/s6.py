@@ -6,7 +6,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from mambamixer.ops import selective_scan
@@ -66,12 +65,11 @@ class S6(nn.Module):
                 self.B.to(x.dtype)[None, :, None].expand(batch, -1, length),
                 self.C.to(x.dtype)[None, :, None].expand(batch, -1, length),
             )
-        x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = rearrange(self.dt_proj(dt), "(b l) d -> b d l", b=batch)
-        B = rearrange(B, "(b l) n -> b n l", b=batch)
-        C = rearrange(C, "(b l) n -> b n l", b=batch)
-        return delta, B, C
+        # matmul on (batch, d, length) as it lies: token-major inputs (a transposed view) fold into one
+        # GEMM, channel-first ones (the vision mixers) run as a batched GEMM; neither copies x
+        x_dbl = torch.matmul(self.x_proj.weight, x)  # (batch, dt_rank + 2 d_state, length)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        return torch.matmul(self.dt_proj.weight, dt), B, C
 
     def forward(self, x: Tensor, z: Tensor | None = None, reverse: bool = False) -> Tensor:
         """x, z (batch, d_inner, length) -> (batch, d_inner, length); z gates the output by SiLU."""

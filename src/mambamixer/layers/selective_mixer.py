@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
+import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
-from mambamixer.layers.qs_s6 import QSS6
+from mambamixer.layers.qs_s6 import QSS6, quasi_separable_scan
 from mambamixer.layers.s6 import S6, causal_depthwise_conv1d
 from mambamixer.layers.scan_order import ScanOrder
 from mambamixer.layers.switch_of_scans import SwitchOfScans
+from mambamixer.ops import selective_scan
 
 
 class SelectiveMixer(nn.Module):
@@ -105,28 +107,109 @@ class SelectiveMixer(nn.Module):
         return order.undo(self.ssms[k](xs), grid)
 
     def _forward_general(self, x: Tensor, grid: tuple[int, int] | None) -> Tensor:
-        """The token mixer with any of conv_2d / quasi_separable / sos_top_k."""
+        """The token mixer with conv_2d / quasi_separable / sos_top_k; the scans run stacked (``_stacked_scan``)."""
         batch, length, _ = x.shape
-        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, length) each
+        u, z = self.in_proj(x).chunk(2, dim=-1)  # (batch, length, d_inner) each
         if self.conv2d is not None:
             if grid is None or grid[0] * grid[1] != length:
                 raise ValueError(f"conv_2d needs grid=(height, width) with height * width = {length}, got {grid}")
-            u = F.silu(self.conv2d(u.reshape(batch, self.d_inner, *grid))).flatten(2)
+            u = u.transpose(1, 2).reshape(batch, self.d_inner, *grid)
+            u = F.silu(self.conv2d(u)).flatten(2)  # (batch, d_inner, length), channel-first
         elif self.convs is None:
-            u = F.silu(u)
-        if self.switch is not None:
-            y = self.switch(x.mean(dim=1), u, lambda k, sub: self._scan(k, sub, grid))
+            u = F.silu(u).transpose(1, 2)
         else:
-            y = sum(self._scan(k, u, grid) for k in range(len(self.orders)))
-        return self.out_proj((y * F.silu(z)).transpose(1, 2))
+            u = u.transpose(1, 2)
+        if self.convs is not None:  # a causal conv per order, in its own direction: one scan call per order
+            y = sum(self._scan(k, u, grid) for k in range(len(self.orders))).transpose(1, 2)
+        elif self.switch is not None:
+            y = self.switch(x.mean(dim=1), u, lambda k, sub: self._stacked_scan(sub, (k,), grid))
+        else:
+            y = self._stacked_scan(u, range(len(self.orders)), grid)  # (batch, length, d_inner)
+        return self.out_proj(y * F.silu(z))
 
     def _forward_channels(self, x: Tensor) -> Tensor:
-        """Scan across channels: every token's d_inner channels as steps of channel_group features."""
-        batch = x.shape[0]
+        """Scan across channels: every token's d_inner channels as steps of channel_group features.
+
+        Channel c of a token is feature c % channel_group of step c // channel_group: a fixed
+        assignment (in_proj and out_proj learn around it) that needs no transposes.
+        """
+        batch, length, _ = x.shape
+        tokens, group = batch * length, self.channel_group
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (batch, length, d_inner) each
-        u = rearrange(u, "b l (s g) -> (b l) g s", g=self.channel_group)  # (tokens, channel_group, steps)
-        if self.convs is None:
-            u = F.silu(u)
-        y = sum(self._scan(k, u, None) for k in range(len(self.orders)))
-        y = rearrange(y, "(b l) g s -> b l (s g)", b=batch)
-        return self.out_proj(y * F.silu(z))
+        u = u.reshape(tokens, self.d_inner // group, group)  # (tokens, steps, channel_group)
+        u = (F.silu(u) if self.convs is None else u).transpose(1, 2)  # (tokens, channel_group, steps)
+        if self.convs is not None:
+            y = sum(self._scan(k, u, None) for k in range(len(self.orders))).transpose(1, 2)
+        else:
+            y = self._stacked_scan(u, range(len(self.orders)), None)  # (tokens, steps, channel_group)
+        return self.out_proj(y.reshape(batch, length, self.d_inner) * F.silu(z))
+
+    def _stacked_scan(self, u: Tensor, ks: Sequence[int], grid: tuple[int, int] | None) -> Tensor:
+        """Sum over the scan orders ``ks`` of their S6 (or QS-S6) of u (batch, width, length), in token order.
+
+        Returns (batch, length, width). The orders run as one scan call, stacked along the channel
+        axis, (batch, K width, length), with B and C grouped per order: one gather builds the
+        reordered inputs and one index_add puts every output back in token order and sums them.
+        The projections giving delta, B and C are position-wise, so they are computed in token order
+        and only their small outputs are reordered.
+        """
+        ks = tuple(ks)
+        batch, width, length = u.shape
+        ssms = [self.ssms[k] for k in ks]
+        if any(not s.selective for s in ssms):
+            raise ValueError("stacked scans need selective S6 layers")
+        n_k, rank, n = len(ks), ssms[0].dt_rank, ssms[0].d_state
+        visit, gather_index, add_index = _stack_indices(
+            tuple(self.orders[k].name for k in ks), length, grid, width, u.stride(1) == 1, u.device
+        )  # fmt: skip
+        x_dbl = _matmul(torch.cat([s.x_proj.weight for s in ssms]), u)  # (batch, K (rank + 2 n), length)
+        x_dbl = x_dbl.view(batch, n_k, rank + 2 * n, length)
+        x_dbl = x_dbl.gather(3, visit[None, :, None, :].expand(batch, n_k, rank + 2 * n, length))  # scan order
+        dt, B, C = x_dbl.split([rank, n, n], dim=2)  # B, C: (batch, K, n, length), grouped per order
+        delta = _matmul(torch.block_diag(*[s.dt_proj.weight for s in ssms]), dt.reshape(batch, n_k * rank, length))
+        source = u.transpose(1, 2) if u.stride(1) == 1 else u  # the memory of u, flattened per sample
+        us = source.reshape(batch, -1).index_select(1, gather_index).view(batch, n_k * width, length)
+        A = -torch.exp(torch.cat([s.A_log for s in ssms]).float())
+        D = torch.cat([s.D for s in ssms]).float()
+        bias = torch.cat([s.dt_bias for s in ssms]).float()
+        B, C = B.contiguous(), C.contiguous()
+        if self.quasi_separable:
+            y = quasi_separable_scan(us, delta, A, B, C, D, bias)
+        else:
+            y = selective_scan(us, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
+        out = y.new_zeros(batch, length * width).index_add_(1, add_index, y.reshape(batch, -1))
+        return out.view(batch, length, width)
+
+
+def _matmul(w: Tensor, x: Tensor) -> Tensor:
+    """w (m, k) @ x (batch, k, length) -> contiguous (batch, m, length), x in any layout.
+
+    One GEMM per sample when those are large enough (the vision token mixers: 128 samples of
+    hundreds of channels); else one GEMM over all (sample, position) pairs, which suits the channel
+    mixers' thousands of tiny samples in token-major memory.
+    """
+    batch, k, length = x.shape
+    if w.shape[0] * k * length >= 1 << 15:
+        return torch.bmm(w.expand(batch, -1, -1), x)
+    return torch.matmul(w, x).contiguous()
+
+
+@lru_cache(maxsize=512)
+def _stack_indices(names: tuple[str, ...], length: int, grid: tuple[int, int] | None, width: int,
+                   token_major: bool, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Index tensors of ``_stacked_scan`` (built once per shape).
+
+    visit (K, length): the token at each step of each order. gather_index (K width length): for
+    the stacked input (K, width, length), the flat position in u's memory (token-major
+    (length, width) or channel-first (width, length)). add_index: the flat token-major position
+    (length, width) each stacked output element returns to.
+    """
+    visit = torch.stack([
+        torch.arange(length) if p is None else p.cpu()
+        for p in (ScanOrder(name).permutation(length, grid) for name in names)
+    ])  # fmt: skip
+    channel = torch.arange(width)[None, :, None]
+    token = visit[:, None, :]
+    add_index = (token * width + channel).flatten()
+    gather_index = add_index if token_major else (channel * length + token).flatten()
+    return visit.to(device), gather_index.to(device), add_index.to(device)
