@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambamixer.models.contract import check_forecast_config, check_series
 from mambamixer.models.pretrained import PretrainedMixin
 from mambamixer.models.registry import register_model
 
@@ -61,6 +62,7 @@ class DLinear(PretrainedMixin, nn.Module):
 
     def __init__(self, config: DLinearConfig) -> None:
         super().__init__()
+        check_forecast_config(config)
         if config.kernel_size < 1 or config.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number, got {config.kernel_size}")
         self.config = config
@@ -70,6 +72,7 @@ class DLinear(PretrainedMixin, nn.Module):
 
     def forward(self, x: Tensor, x_mark: Tensor | None = None, y_mark: Tensor | None = None) -> Tensor:
         """x: (batch, seq_len, n_vars) -> (batch, horizon, n_vars); marks are ignored."""
+        check_series(self, x)
         trend = moving_average(x, self.config.kernel_size)
         seasonal = x - trend
         # (batch, n_vars, seq_len) -> (batch, n_vars, horizon) for each part

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from mambamixer.layers.attention import TransformerEncoder
 from mambamixer.layers.normalization import RevIN
+from mambamixer.models.contract import check_forecast_config, check_series
 from mambamixer.models.pretrained import PretrainedMixin
 from mambamixer.models.registry import register_model
 
@@ -42,6 +43,7 @@ class ITransformer(PretrainedMixin, nn.Module):
     def __init__(self, config: ITransformerConfig) -> None:
         super().__init__()
         c = config
+        check_forecast_config(c)
         self.config = config
         self.revin = RevIN(c.n_vars, affine=False) if c.use_norm else None
         self.embed = nn.Linear(c.seq_len, c.d_model)
@@ -64,6 +66,7 @@ class ITransformer(PretrainedMixin, nn.Module):
         ``x_mark`` is used when ``n_marks > 0`` and it is given; without it the model attends over
         the variate tokens only (as the official code does). ``y_mark`` is ignored.
         """
+        check_series(self, x)
         n_vars = self.config.n_vars
         if self.revin is not None:
             x, stats = self.revin.normalize(x)

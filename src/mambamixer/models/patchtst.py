@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from mambamixer.layers.attention import TransformerEncoder
 from mambamixer.layers.normalization import RevIN
 from mambamixer.layers.patching import n_patches, patchify
+from mambamixer.models.contract import check_forecast_config, check_series
 from mambamixer.models.pretrained import PretrainedMixin
 from mambamixer.models.registry import register_model
 
@@ -53,6 +54,7 @@ class PatchTST(PretrainedMixin, nn.Module):
     def __init__(self, config: PatchTSTConfig) -> None:
         super().__init__()
         c = config
+        check_forecast_config(c)
         if c.seq_len < c.patch_len:
             raise ValueError(f"seq_len ({c.seq_len}) must be at least patch_len ({c.patch_len})")
         self.config = config
@@ -76,6 +78,7 @@ class PatchTST(PretrainedMixin, nn.Module):
 
     def forward(self, x: Tensor, x_mark: Tensor | None = None, y_mark: Tensor | None = None) -> Tensor:
         """x: (batch, seq_len, n_vars) -> (batch, horizon, n_vars); marks are ignored."""
+        check_series(self, x)
         c = self.config
         batch, _, n_vars = x.shape
         if self.revin is not None:

@@ -26,6 +26,7 @@ from mambamixer.layers.mamba_mixer import MambaMixer
 from mambamixer.layers.normalization import RevIN
 from mambamixer.layers.patching import n_patches, patchify
 from mambamixer.layers.token_mixer import TokenMixer
+from mambamixer.models.contract import check_series
 from mambamixer.models.pretrained import PretrainedMixin
 from mambamixer.models.registry import register_model
 
@@ -128,9 +129,7 @@ class TSM2(PretrainedMixin, nn.Module):
 
     def _check_inputs(self, x: Tensor, x_mark: Tensor | None, y_mark: Tensor | None, static: Tensor | None) -> None:
         c = self.config
-        if x.dim() != 3 or x.shape[1:] != (c.seq_len, c.n_vars):
-            raise ValueError(f"x must have shape (batch, seq_len, n_vars) = (batch, {c.seq_len}, {c.n_vars}), "
-                             f"got {tuple(x.shape)}")  # fmt: skip
+        check_series(self, x)
         for name, t, length in (("x_mark", x_mark, c.seq_len), ("y_mark", y_mark, c.horizon)):
             if t is not None and c.n_marks and tuple(t.shape) != (x.shape[0], length, c.n_marks):
                 raise ValueError(f"{name} must have shape (batch, {length}, n_marks={c.n_marks}), got {tuple(t.shape)}")
