@@ -1,22 +1,39 @@
-"""The training core: schedules, early stopping, NaN handling, checkpoints, atomic writes."""
+"""The training core: schedules, early stopping, NaN handling, checkpoints, atomic writes, the
+epoch sampler, exact resume, signals, bf16 autocast and gradient clipping."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import DataLoader, TensorDataset
 
-from mambamixer.io import atomic_write, atomic_write_bytes
+from mambamixer.io import atomic_write, atomic_write_bytes, atomic_write_json, save_state_dict
 from mambamixer.models import registry
 from mambamixer.models.pretrained import PretrainedMixin
-from mambamixer.training import TrainConfig, fit, load_checkpoint, lr_at, save_checkpoint
-from mambamixer.training.trainer import LRSchedule
+from mambamixer.training import (
+    Context,
+    EpochSampler,
+    TrainConfig,
+    TrainingInterrupted,
+    fit,
+    load_checkpoint,
+    load_train_state,
+    lr_at,
+    save_checkpoint,
+    save_train_state,
+)
+from mambamixer.training.distributed import local_batch_size, shard_range
+from mambamixer.training.trainer import STOP_AFTER_ENV, LRSchedule
 
 
 @dataclass
@@ -235,3 +252,202 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write(path, failing)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left behind
+
+
+def test_saved_files_get_the_umask_mode(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        paths = [save_state_dict(tmp_path / "w.safetensors", {"a": torch.zeros(2)}),  # safetensors replaces the temp
+                 atomic_write_json(tmp_path / "m.json", {}),
+                 save_train_state(tmp_path / "s.pt", {"format": 1})]
+        save_checkpoint(tmp_path / "ckpt", Tiny(TinyConfig()), {"model_name": "tiny"})
+        paths += sorted((tmp_path / "ckpt").iterdir())
+    finally:
+        os.umask(old)
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in paths} == {p.name: "0o644" for p in paths}
+
+
+# --- the epoch sampler (one process or many see the same global batches) -------------------------
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_epoch_sampler_shards_the_single_process_batches(world_size: int) -> None:
+    n, global_batch, seed = 50, 8, 3
+    local = local_batch_size(global_batch, Context(world_size=world_size))
+    single = EpochSampler(n, seed, Context(), global_batch)
+    ranks = [EpochSampler(n, seed, Context(rank=r, world_size=world_size), local) for r in range(world_size)]
+    for epoch in (0, 1):
+        single.set_epoch(epoch)
+        whole = single.indices()
+        assert len(whole) == len(single) == 48  # the tail of 2 that fills no global batch is dropped
+        for r in ranks:
+            r.set_epoch(epoch)
+        for step in range(n // global_batch):
+            union = sorted(i for r in ranks for i in r.indices()[step * local:(step + 1) * local])
+            assert union == sorted(whole[step * global_batch:(step + 1) * global_batch])
+    single.set_epoch(0)
+    first = single.indices()
+    single.set_epoch(1)
+    assert single.indices() != first  # a new order each epoch
+    ranks[-1].set_epoch(1, skip_samples=2 * local)  # resume after two steps
+    full = EpochSampler(n, seed, Context(rank=world_size - 1, world_size=world_size), local)
+    full.set_epoch(1)
+    assert ranks[-1].indices() == full.indices()[2 * local:] and len(ranks[-1]) == len(full) - 2 * local
+
+
+def test_epoch_sampler_smaller_than_a_batch_and_evaluation_shards() -> None:
+    assert len(EpochSampler(5, 0, Context(rank=1, world_size=2), 4)) == 2  # one short step, equal on both ranks
+    assert sorted(i for r in range(3) for i in shard_range(10, Context(rank=r, world_size=3))) == list(range(10))
+    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+        local_batch_size(32, Context(world_size=3))
+
+
+# --- exact resume ------------------------------------------------------------------------------
+
+class Noisy(nn.Module):
+    """Dropout makes the loss depend on the global RNG, which a resume must restore."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.drop(x))
+
+
+def _train(state_path: Path, loader_kind: str, resume: dict | None = None) -> tuple[nn.Module, list[dict]]:
+    torch.manual_seed(0)
+    model = Noisy()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 3, generator=g), torch.randn(64, 2, generator=g)
+    data = TensorDataset(x, y)
+    if loader_kind == "epoch_sampler":  # skips by index on resume
+        loader = DataLoader(data, batch_size=8, sampler=EpochSampler(64, 5, batch_size=8), generator=torch.Generator())
+    else:  # a plain shuffled loader drawing from the global RNG: replayed on resume
+        loader = DataLoader(data, batch_size=8, shuffle=True)
+    val = (torch.randn(16, 3, generator=g), torch.randn(16, 2, generator=g))
+    config = TrainConfig(epochs=3, lr=0.05, schedule="cosine", quiet=True)
+    result = fit(model, loader, _mse, config, validate=lambda m: _mse(m, val).item(), state_path=state_path,
+                 resume=resume)
+    return model, result.history
+
+
+@pytest.mark.parametrize("loader_kind", ["epoch_sampler", "shuffled_loader"])
+@pytest.mark.parametrize("stop_after", [3, 8, 13])  # mid-epoch, the end of epoch 1, mid-epoch 2 (8 steps an epoch)
+def test_stop_and_resume_equals_an_uninterrupted_run(loader_kind: str, stop_after: int, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    model, history = _train(tmp_path / "full.pt", loader_kind)
+    monkeypatch.setenv(STOP_AFTER_ENV, str(stop_after))
+    with pytest.raises(TrainingInterrupted) as info:
+        _train(tmp_path / "part.pt", loader_kind)
+    assert info.value.exit_code == 130 and info.value.state_path == tmp_path / "part.pt"
+    assert f"optimiser step {stop_after}" in str(info.value) and "--resume" in str(info.value)
+    monkeypatch.delenv(STOP_AFTER_ENV)
+    blob = load_train_state(tmp_path / "part.pt")  # torch.load(weights_only=True)
+    assert (blob["step"], blob["epoch"], blob["finished"]) == (stop_after, (stop_after - 1) // 8, False)
+    resumed, resumed_history = _train(tmp_path / "part.pt", loader_kind, resume=blob)
+    for k, v in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k
+    keys = ("epoch", "train_loss", "val_loss", "lr", "samples")
+    assert [{k: h[k] for k in keys} for h in resumed_history] == [{k: h[k] for k in keys} for h in history]
+    assert load_train_state(tmp_path / "part.pt")["finished"]
+
+
+def test_sigterm_stops_after_the_step_and_saves(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def loss_fn(m: nn.Module, batch) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal: the handler only sets a flag
+        return _mse(m, batch)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(Tiny(TinyConfig()), _loader(), loss_fn, TrainConfig(epochs=2, quiet=True), state_path=tmp_path / "s.pt")
+    assert info.value.signum == signal.SIGTERM and info.value.exit_code == 143
+    assert "SIGTERM: stopped at epoch 1, step 3 of 4" in str(info.value)
+    blob = load_train_state(tmp_path / "s.pt")
+    assert (blob["step"], blob["step_in_epoch"], blob["epoch"]) == (3, 3, 0)
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+
+
+def test_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
+    def loss_fn(m: nn.Module, batch) -> torch.Tensor:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return _mse(m, batch)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        fit(Tiny(TinyConfig()), _loader(), loss_fn, TrainConfig(epochs=1, quiet=True), state_path=tmp_path / "s.pt")
+    assert not isinstance(info.value, TrainingInterrupted) and not (tmp_path / "s.pt").exists()
+
+
+def test_training_state_errors(tmp_path: Path) -> None:
+    path = tmp_path / "s.pt"
+    with pytest.raises(ValueError, match="nothing to resume"):
+        load_train_state(path)
+    fit(Tiny(TinyConfig()), _loader(), _mse, TrainConfig(epochs=1, quiet=True), state_path=path)
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="truncated, corrupt"):
+        load_train_state(path)
+    torch.save({"format": 1, "config": TinyConfig()}, path)  # a pickled Python object: refused, not run
+    with pytest.raises(ValueError, match="not a plain tensor file"):
+        load_train_state(path)
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="not a mambamixer training state"):
+        load_train_state(path)
+    path.write_bytes(good)
+    blob = load_train_state(path)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        fit(Tiny(TinyConfig(n_out=3)), _loader(), _mse, TrainConfig(epochs=2, quiet=True), resume=blob)
+
+
+def test_nan_keeps_the_last_saved_state(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def loss_fn(m: nn.Module, batch) -> torch.Tensor:
+        calls["n"] += 1
+        return _mse(m, batch) * (float("nan") if calls["n"] == 6 else 1.0)  # epoch 2, step 2
+
+    with pytest.raises(ValueError, match=r"epoch 2, step 2 \(optimiser step 6\)"):
+        fit(Tiny(TinyConfig()), _loader(), loss_fn, TrainConfig(epochs=3, quiet=True), state_path=tmp_path / "s.pt")
+    blob = load_train_state(tmp_path / "s.pt")  # the state of epoch 1, untouched
+    assert (blob["epoch"], blob["step"]) == (1, 4) and all(v.isfinite().all() for v in blob["model"].values())
+
+
+# --- numerics ----------------------------------------------------------------------------------
+
+def test_bf16_autocast_on_cpu() -> None:
+    torch.manual_seed(0)
+    model = Tiny(TinyConfig())
+    seen: list[tuple[bool, torch.dtype]] = []
+
+    def loss_fn(m: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        out = m(x)
+        seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return nn.functional.mse_loss(out.float(), y)
+
+    result = fit(model, _loader(), loss_fn, TrainConfig(epochs=4, lr=0.05, bf16=True, quiet=True))
+    assert set(seen) == {(True, torch.bfloat16)}  # the forward ran in bfloat16 ...
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # ... the weights stay float32
+    assert result.history[-1]["train_loss"] < 0.5 * result.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_grad_clip_bounds_the_gradient_norm(clip: float | None) -> None:
+    norms: list[float] = []
+
+    def record(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        fit(Tiny(TinyConfig()), _loader(), _mse, TrainConfig(epochs=1, quiet=True, grad_clip=clip))
+    finally:
+        handle.remove()
+    assert len(norms) == 4
+    assert max(norms) <= 1e-3 * (1 + 1e-4) if clip else min(norms) > 1e-2

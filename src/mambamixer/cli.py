@@ -4,16 +4,19 @@
     mambamixer classify --model resnet_small --data fashion-mnist [--epochs 10 --img-size 28 ...]
     mambamixer evaluate runs/forecast-tsm2-ETTh1-96-96      # either task: read from the checkpoint
     mambamixer models --task vision
+    torchrun --nproc-per-node 2 -m mambamixer forecast ...    # DistributedDataParallel
 
 Every option defaults to None, meaning the model's own default. Bad input (a ValueError or
 FileNotFoundError from the library) prints ``error: ...`` and exits with status 2; ``--debug``
-shows the traceback instead.
+shows the traceback instead. SIGINT / SIGTERM during training save the training state and exit
+with 130 / 143; the same command with ``--resume`` continues the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default runs/forecast-MODEL-DATA-SEQ-HORIZON)")
     p.add_argument("--set", dest="overrides", type=key_value, action="append", default=None,
                    metavar="KEY=VALUE", help="model config override, repeatable (e.g. --set d_model=64)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _run_options(p)
     p.set_defaults(func=_forecast)
 
     p = sub.add_parser("classify", parents=[common], help="train and test an image classifier",
@@ -120,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default runs/classify-MODEL-DATA)")
     p.add_argument("--set", dest="overrides", type=key_value, action="append", default=None,
                    metavar="KEY=VALUE", help="model config override, repeatable (e.g. --set drop_path_rate=0.1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _run_options(p)
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("evaluate", parents=[common], help="recompute a run's test metrics",
@@ -136,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """Options every training command shares."""
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its train_state.pt (give the same arguments)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _forecast(args: argparse.Namespace) -> int:
     from mambamixer.tasks.forecast import run_forecast
 
@@ -144,7 +154,7 @@ def _forecast(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, data_dir=args.data_dir, out=args.out,
         patience=args.patience, quiet=args.quiet, model_overrides=dict(args.overrides or []),
         optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
+        warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip, resume=args.resume,
     )
     return 0
 
@@ -158,7 +168,7 @@ def _classify(args: argparse.Namespace) -> int:
         model_overrides=dict(args.overrides or []), weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
         patience=args.patience, bf16=args.bf16, augment=not args.no_augment, limit_train=args.limit_train,
-        limit_eval=args.limit_eval,
+        limit_eval=args.limit_eval, resume=args.resume,
     )
     return 0
 
@@ -214,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # TrainingInterrupted: the state is saved, the message says how to resume
+        if os.environ.get("RANK", "0") == "0":  # one message under torchrun
+            print(str(err) or "interrupted", file=sys.stderr)
+        return getattr(err, "exit_code", 130)

@@ -22,7 +22,7 @@ import os
 import pickle
 import tarfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -612,25 +612,34 @@ class BatchLoader:
     """Mini-batches ``(images uint8 (b, C, H, W), labels (b,))`` of an in-memory split.
 
     Indexes whole batches at once (no per-item collation). ``shuffle`` draws a new order each
-    epoch from ``generator``; ``drop_last`` drops the short final batch (training only).
+    epoch from ``generator``; ``drop_last`` drops the short final batch (training only). A
+    ``sampler`` (e.g. the training core's ``EpochSampler``: sharded by rank, resumable) gives the
+    order instead, cut into consecutive batches.
     """
 
     def __init__(self, split: ImageSplit, batch_size: int, shuffle: bool = False,
-                 generator: torch.Generator | None = None, drop_last: bool = False) -> None:
+                 generator: torch.Generator | None = None, drop_last: bool = False,
+                 sampler: Iterable[int] | None = None) -> None:
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
         self.drop_last = drop_last
+        self.sampler = sampler
 
     def __len__(self) -> int:
-        n = len(self.split)
+        n = len(self.sampler) if self.sampler is not None else len(self.split)  # type: ignore[arg-type]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        n, bs = len(self.split), self.batch_size
+        bs = self.batch_size
+        if self.sampler is not None:
+            order: Tensor | None = torch.tensor(list(self.sampler), dtype=torch.long)
+            n = len(order)
+        else:
+            n = len(self.split)
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else None
         stop = n - n % bs if self.drop_last else n
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
         for start in range(0, stop, bs):
             if order is None:  # slices are views: no copy for evaluation
                 yield self.split.images[start:start + bs], self.split.labels[start:start + bs]

@@ -5,7 +5,8 @@ report test top-1/top-5 over the whole test set, and write a self-describing run
     evaluate_classify("runs/classify-resnet_small-fashion-mnist")   # recomputes the test metrics
 
 Arguments left as None take the recipe in :data:`RECIPE` (docs/vision_data.md), the same for
-every model unless :data:`TRAINING_DEFAULTS` says otherwise.
+every model unless :data:`TRAINING_DEFAULTS` says otherwise. Under ``torchrun`` the run trains
+with DistributedDataParallel (docs/training.md).
 """
 
 from __future__ import annotations
@@ -39,13 +40,17 @@ from mambamixer.models.registry import create_model, model_task
 from mambamixer.tasks.common import (
     check_out_possible,
     check_positive_int,
+    check_resumable,
     data_label,
     find_checkpoint,
     peak_memory_mb,
     pick_device,
     prepare_out,
+    resume_state,
 )
-from mambamixer.training.checkpoint import load_checkpoint, save_checkpoint
+from mambamixer.training import distributed
+from mambamixer.training.checkpoint import STATE_NAME, load_checkpoint, save_checkpoint
+from mambamixer.training.distributed import Context, EpochSampler
 from mambamixer.training.plots import plot_confusion_matrix, plot_image_grid, plot_training_curves
 from mambamixer.training.seed import seed_everything
 from mambamixer.training.trainer import TrainConfig, TrainState, autocast, fit
@@ -95,8 +100,9 @@ def build_vision_model(name: str, num_classes: int, in_chans: int, img_size: int
 
 def aux_loss(model: nn.Module) -> Tensor | None:
     """The model's auxiliary training loss of its last forward (e.g. the Switch-of-Scans router's load
-    balancing, already weighted by the model), or None. Found as a ``model.aux_loss()`` method."""
-    fn = getattr(model, "aux_loss", None)
+    balancing, already weighted by the model), or None. Found as a ``model.aux_loss()`` method (of the
+    model inside a DDP wrapper)."""
+    fn = getattr(distributed.unwrap(model), "aux_loss", None)
     return fn() if callable(fn) else None
 
 
@@ -113,13 +119,20 @@ def classification_loss(model: nn.Module, images: Tensor, labels: Tensor, label_
 @torch.no_grad()
 def classification_metrics(model: nn.Module, split: ImageSplit, transform: ImageTransform, num_classes: int,
                            batch_size: int = DEFAULT_EVAL_BATCH_SIZE, device: torch.device | str | None = None,
-                           bf16: bool = False) -> dict[str, Any]:
+                           bf16: bool = False, ctx: Context | None = None) -> dict[str, Any]:
     """Top-1, top-k (k = min(5, classes)), mean cross-entropy (no smoothing) and the confusion matrix
-    over every image of ``split`` (no image dropped; sums in float64).
+    over every image of ``split`` (no image dropped; sums in float64). Distributed (``ctx``), each
+    rank takes a contiguous share of the images and the sums are all-reduced.
 
     Returns ``{"top1", "top5", "loss", "images", "confusion" (classes, classes) int64 tensor
-    (rows true, columns predicted), "seconds" (the forward passes)}``.
+    (rows true, columns predicted), "seconds" (this process's forward passes)}``.
     """
+    ctx = ctx or Context()
+    n = len(split)
+    if n == 0:
+        raise ValueError("the evaluation split has no images")
+    if ctx.distributed:
+        split = split.subset(torch.tensor(distributed.shard_range(n, ctx), dtype=torch.long))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -145,9 +158,8 @@ def classification_metrics(model: nn.Module, split: ImageSplit, transform: Image
         confusion += torch.bincount((labels * num_classes + top[:, 0]).cpu(),
                                     minlength=num_classes * num_classes).view(num_classes, num_classes)
     model.train(was_training)
-    n = len(split)
-    if n == 0:
-        raise ValueError("the evaluation split has no images")
+    correct1, correct5, loss_sum = distributed.all_reduce_sum([correct1, correct5, loss_sum], ctx)
+    confusion = distributed.all_reduce_tensor(confusion, ctx)
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "images": n, "confusion": confusion,
             "seconds": seconds}
 
@@ -273,6 +285,7 @@ def run_classify(
     limit_eval: int | None = None,
     eval_batch_size: int | None = None,
     device: str | torch.device | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train vision model ``model`` on ``data`` and write the run folder; returns the metrics dict.
 
@@ -280,9 +293,11 @@ def run_classify(
     ``img_size`` resizes the images (default: their own size). ``augment``: True for the
     dataset's default (``default_augment``), False for none, or an ``AugmentConfig``.
     ``patience=0`` or None runs every epoch. ``limit_train`` / ``limit_eval`` keep seeded subsets
-    of the training / the validation and test images (quick checks). Writes into ``out``: ``metrics.json``,
-    ``checkpoint/``, ``confusion_matrix.png`` and ``.csv``, ``predictions.png``,
-    ``training_curves.png``.
+    of the training / the validation and test images (quick checks). ``batch_size`` is the global batch
+    of one optimiser step (split over the processes under ``torchrun``). ``resume=True`` continues the
+    interrupted run in ``out`` (same arguments) from its ``train_state.pt``. Writes into ``out``:
+    ``metrics.json``, ``checkpoint/``, ``train_state.pt``, ``confusion_matrix.png`` and ``.csv``,
+    ``predictions.png``, ``training_curves.png``.
     """
     started = time.perf_counter()
     # 1. check every argument before anything is read or written
@@ -317,6 +332,10 @@ def run_classify(
     )  # validates the values
     out = Path(out) if out is not None else default_out(model, data)
     check_out_possible(out)
+    if resume:
+        check_resumable(out)
+    ctx, dev = distributed.setup(pick_device(device))
+    local_batch = distributed.local_batch_size(hp["batch_size"], ctx)
 
     # 2. data, model, one trial forward; only then the output folder
     ds = load_image_data(data, data_dir=data_dir, img_size=img_size, val_fraction=val_fraction,
@@ -327,12 +346,11 @@ def run_classify(
     else:
         aug = augment or None
     transform = ImageTransform(ds.mean, ds.std, img_size=size, augment=aug)
-    dev = pick_device(device)
-    generator = seed_everything(seed)
+    seed_everything(seed)
     net = build_vision_model(model, ds.num_classes, ds.in_chans, size, overrides)
+    distributed.seed_rank(seed, ctx)  # same initial weights everywhere, own augmentation and dropout per rank
     net.to(dev)
     _shape_check(net, model, ds, transform, dev, bf16)
-    prepare_out(out)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -352,13 +370,15 @@ def run_classify(
                      "bf16": bf16, "eval_batch_size": eval_batch_size, "loss": "cross_entropy",
                      "best_epoch_by": "validation top-1" if len(ds.val) else "training loss (no validation split)",
                      "drop_last_train": len(ds.train) > hp["batch_size"]},
-        "device": str(dev), "torch_version": torch.__version__,
+        "device": str(dev), "processes": ctx.world_size, "torch_version": torch.__version__,
     }
+    state = resume_state(out, run) if resume else None  # checked before anything is written
+    prepare_out(out, note=ctx.is_main and not (quiet or resume))
     ckpt_dir = out / "checkpoint"
 
-    # 3. train; the best epoch on validation top-1 is checkpointed as it appears
-    train_loader = BatchLoader(ds.train, hp["batch_size"], shuffle=True, generator=generator,
-                               drop_last=len(ds.train) > hp["batch_size"])
+    # 3. train; the best epoch on validation top-1 is checkpointed as it appears. The sampler shuffles
+    # by (seed, epoch) and shards by rank.
+    train_loader = BatchLoader(ds.train, local_batch, sampler=EpochSampler(len(ds.train), seed, ctx, local_batch))
     smoothing = hp["label_smoothing"]
 
     def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -366,7 +386,7 @@ def run_classify(
         return classification_loss(m, transform(images, train=True), labels, smoothing)
 
     def validate(m: nn.Module) -> dict[str, float]:
-        r = classification_metrics(m, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16)
+        r = classification_metrics(m, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx)
         return {"val_loss": r["loss"], "val_top1": r["top1"], "val_error": 1.0 - r["top1"]}
 
     def on_best(state: TrainState) -> None:
@@ -375,14 +395,16 @@ def run_classify(
                                                 "best_val_top1": best.get("val_top1")})
 
     result = fit(net, train_loader, loss_fn, train_config, validate=validate if len(ds.val) else None,
-                 on_best=on_best, device=dev, generator=generator)
+                 on_best=on_best, device=dev, ctx=ctx, state_path=out / STATE_NAME, resume=state,
+                 state_meta={"run": run})
 
-    # 4. evaluate the best weights on every validation and test image
-    test = classification_metrics(net, ds.test, transform, ds.num_classes, eval_batch_size, dev, bf16)
-    val = classification_metrics(net, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16) if len(
+    # 4. evaluate the best weights on every validation and test image (shared out over the processes)
+    test = classification_metrics(net, ds.test, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx)
+    val = classification_metrics(net, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx) if len(
         ds.val) else None
-    speed = measure_throughput(net, ds.test.images[:hp["batch_size"]], ds.test.labels[:hp["batch_size"]], transform,
-                               hp["batch_size"], eval_batch_size, dev, bf16)
+    # one process's speed (rank 0, while the others wait): per-process figures
+    speed = measure_throughput(net, ds.test.images[:local_batch], ds.test.labels[:local_batch], transform,
+                               local_batch, eval_batch_size, dev, bf16) if ctx.is_main else {}
     history = result.history
     loop_seconds = sum(h["train_seconds"] for h in history)
     confusion = test["confusion"]
@@ -405,27 +427,28 @@ def run_classify(
     if not all(math.isfinite(metrics[k]) for k in ("test_top1", "test_loss")):
         raise ValueError(f"non-finite evaluation metrics: test loss {test['loss']}")
 
-    # 5. figures, then metrics.json last (its presence marks a finished run)
-    title = f"{model} on {ds.name}"
-    plot_training_curves(history, out / "training_curves.png", result.best_epoch, title,
-                         metrics=("val_top1",) if len(ds.val) else ())
-    plot_confusion_matrix(confusion.numpy(), ds.classes, out / "confusion_matrix.png",
-                          f"{title}: test top-1 {test['top1']:.2%}")
-    _write_confusion_csv(out / "confusion_matrix.csv", confusion, ds.classes)
-    idx, grid = _grid_images(ds.test, GRID_IMAGES)
-    net.eval()
-    with torch.no_grad(), autocast(dev, bf16):
-        pred = net(transform(ds.test.images[idx].to(dev))).float().argmax(dim=1).cpu()
-    plot_image_grid(grid, ds.test.labels[idx].tolist(), pred.tolist(), ds.classes, out / "predictions.png",
-                    f"{title}: test images, predicted and true labels")
-    metrics["seconds"] = time.perf_counter() - started
-    atomic_write_json(out / "metrics.json", metrics)
-    print(f"{model} {ds.name}: test top-1 {test['top1']:.4f}  top-{metrics['top5_k']} {test['top5']:.4f}  "
-          f"loss {test['loss']:.4f}  (best epoch {result.best_epoch}/{result.epochs_run}, {n_params:,} parameters, "
-          f"{metrics['seconds']:.0f} s)")
-    if not quiet:
-        print(f"wrote {out}")
-    return metrics
+    # 5. figures, then metrics.json last (its presence marks a finished run), on rank 0
+    if ctx.is_main:
+        title = f"{model} on {ds.name}"
+        plot_training_curves(history, out / "training_curves.png", result.best_epoch, title,
+                             metrics=("val_top1",) if len(ds.val) else ())
+        plot_confusion_matrix(confusion.numpy(), ds.classes, out / "confusion_matrix.png",
+                              f"{title}: test top-1 {test['top1']:.2%}")
+        _write_confusion_csv(out / "confusion_matrix.csv", confusion, ds.classes)
+        idx, grid = _grid_images(ds.test, GRID_IMAGES)
+        net.eval()
+        with torch.no_grad(), autocast(dev, bf16):
+            pred = net(transform(ds.test.images[idx].to(dev))).float().argmax(dim=1).cpu()
+        plot_image_grid(grid, ds.test.labels[idx].tolist(), pred.tolist(), ds.classes, out / "predictions.png",
+                        f"{title}: test images, predicted and true labels")
+        metrics["seconds"] = time.perf_counter() - started
+        atomic_write_json(out / "metrics.json", metrics)
+        print(f"{model} {ds.name}: test top-1 {test['top1']:.4f}  top-{metrics['top5_k']} {test['top5']:.4f}  "
+              f"loss {test['loss']:.4f}  (best epoch {result.best_epoch}/{result.epochs_run}, {n_params:,} parameters, "
+              f"{metrics['seconds']:.0f} s)")
+        if not quiet:
+            print(f"wrote {out}")
+    return distributed.broadcast_object(metrics, ctx)  # rank 0's figures (speed, memory) on every rank
 
 
 def evaluate_classify(

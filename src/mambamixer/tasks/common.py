@@ -1,5 +1,5 @@
-"""Helpers every task shares: argument checks, the output folder, device choice, peak memory,
-and finding a run's checkpoint (``mambamixer evaluate`` dispatches on its task)."""
+"""Helpers every task shares: argument checks, the output folder, resuming, device choice, peak
+memory, and finding a run's checkpoint (``mambamixer evaluate`` dispatches on its task)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 
-from mambamixer.training.checkpoint import read_run
+from mambamixer.training.checkpoint import STATE_NAME, load_train_state, plain, read_run
+
+# Settings a resumed run may change: where it runs and where the data lives, not what it computes.
+RESUME_MAY_DIFFER = ("device", "processes", "torch_version", "data_dir", "data_file")
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -41,14 +44,54 @@ def check_out_possible(out: Path) -> None:
         raise ValueError(f"cannot create output folder {out}: {parent} is not writable")
 
 
-def prepare_out(out: Path) -> None:
-    """Create ``out`` and prove a file can be written there."""
+def prepare_out(out: Path, note: bool = False) -> None:
+    """Create ``out`` and prove a file can be written there; with ``note``, say when a previous run's
+    training state there is about to be replaced (a fresh start, not a resume)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as err:
         raise ValueError(f"cannot write to output folder {out}: {err.strerror or err}") from err
+    if note and (out / STATE_NAME).is_file():
+        print(f"note: starting afresh; {out / STATE_NAME} of the previous run will be replaced "
+              f"(--resume continues it instead)", file=sys.stderr)
+
+
+def check_resumable(out: Path) -> None:
+    """Fail early when there is no training state in ``out`` to resume from."""
+    if not (out / STATE_NAME).is_file():
+        raise ValueError(f"nothing to resume: {out / STATE_NAME} does not exist (a run writes it at the end of "
+                         f"each epoch and when interrupted); drop --resume to start a new run")
+
+
+def _differences(then: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(then) | set(now)):
+        a, b = then.get(key), now.get(key)
+        if (not prefix and key in RESUME_MAY_DIFFER) or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key} {a!r} then, {b!r} now")
+    return out
+
+
+def resume_state(out: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """The training state in ``out``, after checking that it was written by a run with the settings
+    of ``run`` (model, data, shapes, seed, hyper-parameters); anything else raises ``ValueError``."""
+    path = out / STATE_NAME
+    blob = load_train_state(path)
+    meta = blob.get("meta")
+    then = meta.get("run") if isinstance(meta, dict) else None
+    if not isinstance(then, dict):
+        raise ValueError(f"{path} does not record the settings of the run that wrote it")
+    diff = _differences(then, plain(run))
+    if diff:
+        raise ValueError(f"cannot resume from {path}: it was written by a run with other settings "
+                         f"({'; '.join(diff)}); give the same arguments, or drop --resume to start afresh")
+    return blob
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:

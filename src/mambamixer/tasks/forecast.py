@@ -4,7 +4,8 @@ report test MSE/MAE over every test window, and write a self-describing run fold
     metrics = run_forecast("dlinear", "ETTh1", horizon=96)
     evaluate_forecast("runs/forecast-dlinear-ETTh1-96-96")   # recomputes test MSE/MAE
 
-Arguments left as None take the model's default from :data:`TRAINING_DEFAULTS`.
+Arguments left as None take the model's default from :data:`TRAINING_DEFAULTS`. Under
+``torchrun`` the run trains with DistributedDataParallel (docs/training.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from mambamixer.data.forecast import load_forecast_data
 from mambamixer.io import atomic_write_json
@@ -27,13 +28,17 @@ from mambamixer.models.registry import create_model, model_task
 from mambamixer.tasks.common import (
     check_out_possible,
     check_positive_int,
+    check_resumable,
     data_label,
     find_checkpoint,
     peak_memory_mb,
     pick_device,
     prepare_out,
+    resume_state,
 )
-from mambamixer.training.checkpoint import load_checkpoint, save_checkpoint
+from mambamixer.training import distributed
+from mambamixer.training.checkpoint import STATE_NAME, load_checkpoint, save_checkpoint
+from mambamixer.training.distributed import Context, EpochSampler
 from mambamixer.training.plots import plot_forecast, plot_training_curves
 from mambamixer.training.seed import seed_everything
 from mambamixer.training.trainer import TrainConfig, TrainState, fit
@@ -96,16 +101,22 @@ def forecast_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def forecast_errors(model: nn.Module, dataset: Dataset, batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
-                    device: torch.device | str | None = None) -> dict[str, float]:
+                    device: torch.device | str | None = None, ctx: Context | None = None) -> dict[str, float]:
     """MSE and MAE over every window of ``dataset`` (no window dropped; sums accumulated in float64).
 
     Every window has horizon x n_vars values, so this equals the mean over windows of each
-    window's error. Returns ``{"mse", "mae", "windows"}``.
+    window's error. Distributed (``ctx``), each rank takes a contiguous share of the windows and
+    the sums are all-reduced: every rank returns the figures of the whole split.
+    Returns ``{"mse", "mae", "windows"}``.
     """
+    ctx = ctx or Context()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False)
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("the evaluation split has no windows")
+    part = Subset(dataset, distributed.shard_range(len(dataset), ctx)) if ctx.distributed else dataset  # type: ignore[arg-type]
+    loader = DataLoader(part, batch_size=batch_size, shuffle=False, drop_last=False)
     sq = ab = 0.0
     values = windows = 0
     for batch in loader:
@@ -117,9 +128,8 @@ def forecast_errors(model: nn.Module, dataset: Dataset, batch_size: int = DEFAUL
         values += diff.numel()
         windows += y.shape[0]
     model.train(was_training)
-    if windows == 0:
-        raise ValueError("the evaluation split has no windows")
-    return {"mse": sq / values, "mae": ab / values, "windows": windows}
+    sq, ab, values, windows = distributed.all_reduce_sum([sq, ab, values, windows], ctx)
+    return {"mse": sq / values, "mae": ab / values, "windows": int(windows)}
 
 
 def _plot_windows(model: nn.Module, dataset: Dataset, device: torch.device, path: Path,
@@ -159,13 +169,17 @@ def run_forecast(
     grad_clip: float | None = None,
     eval_batch_size: int | None = None,
     device: str | torch.device | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on dataset ``data`` and write the run folder; returns the metrics dict.
 
     ``data`` is a dataset name (ETTh1, weather, ...) or a CSV path. ``patience=0`` disables
     early stopping. ``model_overrides`` are passed to ``create_model`` (the four shape fields
-    seq_len/horizon/n_vars/n_marks are set by the task). Writes into ``out``: ``metrics.json``,
-    ``checkpoint/``, ``forecast.png``, ``training_curves.png``.
+    seq_len/horizon/n_vars/n_marks are set by the task). ``batch_size`` is the global batch of
+    one optimiser step (split over the processes under ``torchrun``). ``resume=True`` continues
+    the interrupted run in ``out`` (same arguments) from its ``train_state.pt``. Writes into
+    ``out``: ``metrics.json``, ``checkpoint/``, ``train_state.pt``, ``forecast.png``,
+    ``training_curves.png``.
     """
     # 1. check every argument before anything is read or written
     if model_task(model) != "forecast":  # unknown names raise ValueError with suggestions
@@ -192,21 +206,24 @@ def run_forecast(
     )  # validates the values
     out = Path(out) if out is not None else default_out(model, data, seq_len, horizon)
     check_out_possible(out)
+    if resume:
+        check_resumable(out)
+    ctx, dev = distributed.setup(pick_device(device))
+    local_batch = distributed.local_batch_size(hp["batch_size"], ctx)
 
-    # 2. data, output folder, model
+    # 2. data, model, then the output folder
     fd = load_forecast_data(data, seq_len, horizon, data_dir=data_dir)
     for split in ("train", "val", "test"):
         if len(getattr(fd, split)) == 0:
             raise ValueError(f"{fd.name}: the {split} split has no window of seq_len {seq_len} + "
                              f"horizon {horizon}")
-    dev = pick_device(device)
-    generator = seed_everything(seed)
+    seed_everything(seed)
     try:
         net = create_model(model, seq_len=seq_len, horizon=horizon, n_vars=fd.n_vars, n_marks=fd.n_marks,
                            **overrides)
     except TypeError as err:
         raise ValueError(f"bad model override for {model!r}: {err}") from err
-    prepare_out(out)
+    distributed.seed_rank(seed, ctx)  # same initial weights everywhere, own dropout masks per rank
     net.to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -223,28 +240,33 @@ def run_forecast(
         "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule",
                                            "weight_decay", "warmup_epochs", "grad_clip", "patience")},
                      "eval_batch_size": eval_batch_size, "loss": "mse", "drop_last_train": True},
-        "device": str(dev), "torch_version": torch.__version__,
+        "device": str(dev), "processes": ctx.world_size, "torch_version": torch.__version__,
     }
+    state = resume_state(out, run) if resume else None  # checked before anything is written
+    prepare_out(out, note=ctx.is_main and not (quiet or resume))
     ckpt_dir = out / "checkpoint"
 
     # 3. train: best epoch on validation MSE, checkpoint written at each new best
-    # drop_last on training only (a shuffled remainder); never on val/test.
-    train_loader = DataLoader(fd.train, batch_size=hp["batch_size"], shuffle=True, generator=generator,
-                              drop_last=len(fd.train) > hp["batch_size"], pin_memory=dev.type == "cuda")
+    # The sampler shuffles by (seed, epoch) and shards by rank; drop_last on training only (a
+    # shuffled remainder), never on val/test. The loader's own generator keeps its per-epoch seed
+    # draw off the global RNG (which resume restores step-exactly).
+    sampler = EpochSampler(len(fd.train), seed, ctx, local_batch, drop_last=True)
+    train_loader = DataLoader(fd.train, batch_size=local_batch, sampler=sampler, generator=torch.Generator(),
+                              pin_memory=dev.type == "cuda")
 
     def validate(m: nn.Module) -> float:
-        return forecast_errors(m, fd.val, eval_batch_size, dev)["mse"]
+        return forecast_errors(m, fd.val, eval_batch_size, dev, ctx)["mse"]
 
     def on_best(state: TrainState) -> None:
         save_checkpoint(ckpt_dir, state.model, {**run, "best_epoch": state.best_epoch,
                                                 "best_val_mse": state.best_val})
 
     result = fit(net, train_loader, forecast_loss, train_config, validate=validate, on_best=on_best,
-                 device=dev, generator=generator)
+                 device=dev, ctx=ctx, state_path=out / STATE_NAME, resume=state, state_meta={"run": run})
 
-    # 4. evaluate the best weights on every val and test window
-    val = forecast_errors(net, fd.val, eval_batch_size, dev)
-    test = forecast_errors(net, fd.test, eval_batch_size, dev)
+    # 4. evaluate the best weights on every val and test window (shared out over the processes)
+    val = forecast_errors(net, fd.val, eval_batch_size, dev, ctx)
+    test = forecast_errors(net, fd.test, eval_batch_size, dev, ctx)
     epochs_run = result.epochs_run
     metrics = {
         "test_mse": test["mse"], "test_mae": test["mae"], "val_mse": val["mse"], "val_mae": val["mae"],
@@ -259,16 +281,17 @@ def run_forecast(
     }
     if not all(math.isfinite(metrics[k]) for k in ("test_mse", "test_mae", "val_mse", "val_mae")):
         raise ValueError(f"non-finite evaluation metrics: test MSE {test['mse']}, val MSE {val['mse']}")
-    title = f"{model} on {fd.name}, lookback {seq_len}, horizon {horizon}"
-    _plot_windows(net, fd.test, dev, out / "forecast.png", list(fd.columns), title)
-    plot_training_curves(result.history, out / "training_curves.png", result.best_epoch, title)
-    atomic_write_json(out / "metrics.json", metrics)
-    print(f"{model} {fd.name} seq_len {seq_len} horizon {horizon}: "
-          f"test MSE {test['mse']:.4f}  MAE {test['mae']:.4f}  (best epoch {result.best_epoch}/{epochs_run}, "
-          f"{n_params:,} parameters)")
-    if not quiet:
-        print(f"wrote {out}")
-    return metrics
+    if ctx.is_main:
+        title = f"{model} on {fd.name}, lookback {seq_len}, horizon {horizon}"
+        _plot_windows(net, fd.test, dev, out / "forecast.png", list(fd.columns), title)
+        plot_training_curves(result.history, out / "training_curves.png", result.best_epoch, title)
+        atomic_write_json(out / "metrics.json", metrics)
+        print(f"{model} {fd.name} seq_len {seq_len} horizon {horizon}: "
+              f"test MSE {test['mse']:.4f}  MAE {test['mae']:.4f}  (best epoch {result.best_epoch}/{epochs_run}, "
+              f"{n_params:,} parameters)")
+        if not quiet:
+            print(f"wrote {out}")
+    return distributed.broadcast_object(metrics, ctx)  # rank 0's figures (timings, memory) on every rank
 
 
 def evaluate_forecast(

@@ -6,6 +6,11 @@
       run.json            {"model_name": ..., task config and hyper-parameters}
 
 Every file is written atomically through :mod:`mambamixer.io`; ``run.json`` is written last.
+
+Beside it, a run folder holds ``train_state.pt``: what ``--resume`` needs to continue a run
+exactly (the last weights, the best weights, optimiser, epoch and step, early-stopping
+counters, history, every RNG state), written with ``torch.save`` to a temporary file and
+renamed, read back with ``torch.load(weights_only=True)`` only.
 """
 
 from __future__ import annotations
@@ -15,13 +20,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from mambamixer.io import atomic_write_json, load_state_dict
+from mambamixer.io import atomic_write, atomic_write_json, load_state_dict
 from mambamixer.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
 from mambamixer.models.registry import create_model
 
 RUN_NAME = "run.json"
+STATE_NAME = "train_state.pt"
+STATE_FORMAT = 1  # bump when the layout of train_state.pt changes
+STATE_KEYS = ("format", "model", "optimizer", "epoch", "step", "step_in_epoch", "best_val", "best_epoch",
+              "bad_epochs", "history", "rng", "finished")
 
 
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module, run: dict[str, Any]) -> Path:
@@ -85,3 +95,38 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, 
         raise ValueError(f"the weights in {directory} do not fit model {name!r}: {err}") from err
     model.eval()
     return model, run
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as JSON would give it back (str subclasses, paths and tuples become str and lists), so
+    that a training state's metadata loads with ``weights_only=True`` and compares as written."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def save_train_state(path: str | os.PathLike, blob: dict[str, Any]) -> Path:
+    """Write a training state (``torch.save``) to a temporary file and rename it onto ``path``."""
+    return atomic_write(path, lambda tmp: torch.save(blob, tmp))
+
+
+def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training state with ``torch.load(weights_only=True)`` (no code runs on load).
+
+    A missing, truncated, corrupt or foreign file raises ``ValueError`` naming ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"nothing to resume: no training state at {path} (it is written at the end of each epoch "
+                         f"and when a run is interrupted)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, pickle and unpickler-allow-list errors all mean an unusable file
+        lines = str(err).splitlines() or [type(err).__name__]
+        reason = next((ln.strip() for ln in lines if "WeightsUnpickler error" in ln), lines[0])
+        raise ValueError(f"training state {path} is truncated, corrupt or not a plain tensor file "
+                         f"({reason})") from err
+    if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a mambamixer training state (format {STATE_FORMAT})")
+    missing = [k for k in STATE_KEYS if k not in blob]
+    if missing:
+        raise ValueError(f"training state {path} lacks {missing}")
+    return blob

@@ -6,25 +6,38 @@ optionally, a ``validate(model) -> float | dict``; :func:`fit` does the rest:
     result = fit(model, train_loader, loss_fn, TrainConfig(epochs=10, lr=1e-3),
                  validate=lambda m: val_mse(m), on_best=lambda state: save(state.model))
 
-Everything a run would need to resume lives in one :class:`TrainState` (model, optimiser,
-schedule, epoch, step, best, history, RNG), so exact resume and DDP can be added around it
-without touching the tasks.
+Everything a run needs to resume lives in one :class:`TrainState` (model, optimiser, schedule,
+epoch and step, best, history, RNG). With ``state_path`` it is saved at the end of every epoch
+and when SIGINT/SIGTERM arrives; ``resume=load_train_state(path)`` continues a run exactly where
+it stopped, mid-epoch included. With a distributed ``ctx`` (``training.distributed``) the model
+is trained in DistributedDataParallel and ranks agree on every stop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mambamixer.training.seed import rng_state
+from mambamixer.training import distributed
+from mambamixer.training.checkpoint import STATE_FORMAT, plain, save_train_state
+from mambamixer.training.distributed import Context, EpochSampler
+from mambamixer.training.seed import rng_state, set_rng_state
+
+# Testing aid: act as if SIGINT arrived once this many optimiser steps are done (CLI included).
+STOP_AFTER_ENV = "MAMBAMIXER_STOP_AFTER_STEPS"
 
 SCHEDULES = ("halve", "cosine", "constant")
 OPTIMIZERS = ("adamw", "adam")
@@ -144,28 +157,58 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 @dataclass
 class TrainState:
-    """Everything that changes during a run, in one place (what a resume would restore)."""
+    """Everything that changes during a run, in one place (what a resume restores)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
+    step_in_epoch: int = 0  # optimiser steps of the current, unfinished epoch (resume mid-epoch)
     best_val: float = math.inf  # best monitored loss so far
     best_epoch: int = 0  # 1-based epoch of best_val; 0 = none yet
     best_weights: dict[str, torch.Tensor] | None = None  # CPU copy of the best model's weights
     bad_epochs: int = 0  # epochs since the last improvement
     history: list[dict[str, Any]] = field(default_factory=list)
     generator: torch.Generator | None = None  # the data loader's shuffling generator
+    finished: bool = False  # every epoch run, or stopped early
+    stopped_early: bool = False
+    epoch_rng: dict[str, Any] | None = None  # RNG states at the start of the current epoch
+    seconds: float = 0.0  # wall time of fit before this process (resumed runs)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The counters, optimiser and RNG states (model weights are saved separately)."""
+    def state_dict(self, rng: list[dict[str, Any]], epoch_loss: tuple[float, float] = (0.0, 0.0),
+                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What ``train_state.pt`` holds; ``rng``: every rank's RNG states (``{"now", "epoch_start"}``),
+        ``epoch_loss``: the (loss sum, samples) of the unfinished epoch over all ranks."""
         return {
-            "epoch": self.epoch, "step": self.step, "best_val": self.best_val,
-            "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-            "history": list(self.history), "optimizer": self.optimizer.state_dict(),
-            "rng": rng_state(self.generator),
+            "format": STATE_FORMAT,
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+            "best_weights": self.best_weights, "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
+            "best_val": self.best_val, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "history": list(self.history), "finished": self.finished, "stopped_early": self.stopped_early,
+            "epoch_loss_sum": float(epoch_loss[0]), "epoch_samples": float(epoch_loss[1]),
+            "seconds": self.seconds, "rng": rng, "meta": plain(meta or {}),
         }
+
+    def load_state_dict(self, blob: dict[str, Any]) -> None:
+        """Restore weights, optimiser and counters (RNG states are restored by :func:`fit` when it
+        reaches the saved step). A state of another model raises ``ValueError``."""
+        try:
+            self.model.load_state_dict(blob["model"], strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"the training state does not fit this model: {err}") from err
+        try:
+            self.optimizer.load_state_dict(blob["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ValueError(f"the optimiser state does not fit this model: {err}") from err
+        for key in ("epoch", "step", "step_in_epoch", "best_epoch", "bad_epochs"):
+            setattr(self, key, int(blob[key]))
+        self.best_val = float(blob["best_val"])
+        self.best_weights = blob.get("best_weights")
+        self.history = list(blob["history"])
+        self.finished, self.stopped_early = bool(blob["finished"]), bool(blob.get("stopped_early", False))
+        self.seconds = float(blob.get("seconds", 0.0))
 
 
 @dataclass
@@ -179,6 +222,57 @@ class TrainResult:
     train_seconds: float
     stopped_early: bool
     config: dict[str, Any]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped :func:`fit` after an optimiser step; the state is saved (when
+    :func:`fit` had a ``state_path``) and ``exit_code`` is the shell's 128 + signal number."""
+
+    def __init__(self, message: str, signum: int, state_path: Path | None) -> None:
+        super().__init__(message)
+        self.signum, self.state_path = signum, state_path
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM become a flag that :func:`fit` checks after each optimiser step (a second
+    Ctrl-C stops at once, without saving)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, announce: bool) -> None:
+        self.signum: int | None = None
+        self.announce = announce
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+        if self.announce:
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step and saving the training "
+                             f"state (Ctrl-C again to stop at once)\n")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s in self.SIGNALS:
+            signal.signal(s, self._handle)
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def _stop_after_steps() -> int | None:
+    value = os.environ.get(STOP_AFTER_ENV)
+    return int(value) if value else None
 
 
 def move_to(batch: Any, device: torch.device | str) -> Any:
@@ -215,6 +309,31 @@ def _restore_best(state: TrainState) -> None:
         state.model.load_state_dict(state.best_weights)
 
 
+def _epoch_sampler(loader: Iterable) -> EpochSampler | None:
+    """The loader's :class:`EpochSampler`, which can skip a resumed epoch's first batches cheaply."""
+    sampler = getattr(loader, "sampler", None)
+    return sampler if isinstance(sampler, EpochSampler) and getattr(loader, "batch_size", None) else None
+
+
+def _epoch_batches(loader: Iterable, epoch: int, skip: int) -> Iterator:
+    """An iterator over epoch ``epoch``'s batches after the first ``skip``.
+
+    An :class:`EpochSampler` skips by index; any other loader is iterated and the skipped batches
+    dropped (exact when its shuffling draws from the RNG states :func:`fit` restores first).
+    """
+    sampler = _epoch_sampler(loader)
+    if sampler is not None:
+        sampler.set_epoch(epoch, skip * loader.batch_size)  # type: ignore[attr-defined]
+        return iter(loader)
+    inner = getattr(loader, "sampler", None)
+    if hasattr(inner, "set_epoch"):  # e.g. torch's DistributedSampler
+        inner.set_epoch(epoch)
+    batches = iter(loader)
+    for _ in range(skip):
+        next(batches)
+    return batches
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable,
@@ -225,6 +344,10 @@ def fit(
     on_best: Callable[[TrainState], None] | None = None,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    ctx: Context | None = None,
+    state_path: str | os.PathLike | None = None,
+    resume: dict[str, Any] | None = None,
+    state_meta: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and leave it holding the weights of its best epoch.
 
@@ -233,12 +356,26 @@ def fit(
     under ``no_grad`` in eval mode) returns the loss monitored for early stopping and best-epoch
     selection, or a dict of validation metrics that are all added to the epoch's history and whose
     ``config.monitor`` entry is monitored (lower is better); without ``validate`` the training loss
-    is monitored. ``on_best(state)`` runs after each new best epoch (e.g. to save a checkpoint).
-    A non-finite loss raises ``ValueError`` naming the epoch and step, after restoring the best
-    weights (a checkpoint written by ``on_best`` is left untouched).
+    is monitored. ``on_best(state)`` runs on rank 0 after each new best epoch (e.g. to save a
+    checkpoint). A non-finite loss raises ``ValueError`` naming the epoch and step, after restoring
+    the best weights (files written before are left untouched).
+
+    Distributed (``ctx.distributed``): ``loss_fn`` gets the model wrapped in DDP (use
+    ``distributed.unwrap`` for its attributes), the loader must shard the data (an
+    :class:`EpochSampler`), ``validate`` gets the bare model and must return the metrics of the
+    whole split on every rank.
+
+    Resume: with ``state_path``, rank 0 saves the training state there at the end of each epoch
+    and after SIGINT/SIGTERM (then :class:`TrainingInterrupted` is raised on every rank);
+    ``resume`` (a :func:`~mambamixer.training.checkpoint.load_train_state` dict) continues from it.
+    ``state_meta`` is stored with the state (the task's settings, checked on resume).
     """
+    ctx = ctx or Context()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
+    sampler = _epoch_sampler(train_loader)
+    if sampler is not None:
+        sampler.set_epoch(0)
     try:
         steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     except TypeError:
@@ -247,90 +384,157 @@ def fit(
         raise ValueError("the training data yields no batches (is the dataset smaller than a batch?)")
     optimizer = build_optimizer(model, config)
     state = TrainState(model, optimizer, LRSchedule(config, steps_per_epoch), generator=generator)
+    saved_path = Path(state_path) if state_path is not None else None
+    rng_now: dict[str, Any] | None = None
+    epoch_loss = (0.0, 0.0)
+    if resume is not None:
+        state.load_state_dict(resume)
+        rngs = resume["rng"]
+        mine = rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0] if ctx.is_main else None
+        if mine is not None:
+            rng_now, state.epoch_rng = mine["now"], mine.get("epoch_start")
+        if ctx.is_main:  # every rank's share of the unfinished epoch's loss, already summed
+            epoch_loss = (float(resume.get("epoch_loss_sum", 0.0)), float(resume.get("epoch_samples", 0.0)))
+    net = distributed.wrap(model, ctx)
+    main = ctx.is_main
+    quiet = config.quiet or not main
+    stop_after = _stop_after_steps()
     start = time.perf_counter()
-    stopped_early = False
 
-    for epoch in range(state.epoch, config.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        total, count = 0.0, 0
-        bar = tqdm(train_loader, desc=f"{config.desc} {epoch + 1}/{config.epochs}", disable=config.quiet,
-                   leave=False, dynamic_ncols=True)
-        lr = epoch_lr = state.schedule(epoch, 0)
-        for i, batch in enumerate(bar):
-            lr = state.schedule(epoch, i)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = move_to(batch, device)
-            with autocast(device, config.bf16):
-                loss = loss_fn(model, batch)
-            if not torch.isfinite(loss.detach()).all():
-                _restore_best(state)
-                kept = f"the best weights (epoch {state.best_epoch}) are kept" if state.best_epoch else (
-                    "no epoch finished, so there are no best weights")
-                raise ValueError(f"training loss is {loss.item()} at epoch {epoch + 1}, step {i + 1} "
-                                 f"(optimiser step {state.step + 1}); stopped, {kept}. "
-                                 f"Try a lower learning rate or gradient clipping.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            state.step += 1
-            n = _batch_size(batch)
-            total += loss.item() * n
-            count += n
-            if i % 20 == 0 or i == steps_per_epoch - 1:
-                bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{lr:.2e}", refresh=False)
-        bar.close()
-        train_loss = total / max(count, 1)
-        train_seconds = time.perf_counter() - t0
+    def save(epoch_loss: tuple[float, float]) -> None:
+        # every rank sends its RNG states (its dropout and augmentation streams); rank 0 writes
+        rng = distributed.all_gather_object({"now": rng_state(generator), "epoch_start": state.epoch_rng}, ctx)
+        if main:
+            state.seconds = seconds_before + time.perf_counter() - start
+            save_train_state(saved_path, state.state_dict(rng, epoch_loss, state_meta))  # type: ignore[arg-type]
 
-        val_loss = None
-        val_metrics: dict[str, float] = {}
-        if validate is not None:
-            model.eval()
-            with torch.no_grad():
-                val_loss, val_metrics = _monitored(validate(model), config.monitor)
+    def interrupt(signum: int, where: str, saved: bool = False) -> None:
+        if saved_path is not None:
+            if not saved:
+                save(distributed.all_reduce_sum(epoch_loss_now, ctx))
+            distributed.barrier(ctx)  # no rank exits before the state is on disk
+        _restore_best(state)
+        name = signal.Signals(signum).name
+        how = (f"training state saved to {saved_path}; run the same command with --resume to continue"
+               if saved_path is not None else "no training state saved (fit had no state_path)")
+        raise TrainingInterrupted(f"{name}: stopped {where} (optimiser step {state.step}); {how}", signum, saved_path)
+
+    seconds_before = state.seconds
+    epoch_loss_now = [0.0, 0.0]
+    with _StopRequest(announce=main).installed() as stop:
+        for epoch in range(state.epoch, config.epochs):
+            if state.finished:
+                break
             model.train()
-            if not math.isfinite(val_loss):
-                _restore_best(state)
-                what = "validation loss" if config.monitor == "val_loss" else config.monitor
-                raise ValueError(f"{what} is {val_loss} after epoch {epoch + 1}; stopped, "
-                                 f"the best weights (epoch {state.best_epoch}) are kept")
-        monitored = val_loss if val_loss is not None else train_loss
-        state.epoch = epoch + 1
-        improved = monitored < state.best_val
-        if improved:
-            state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
-            state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        else:
-            state.bad_epochs += 1
-        seconds = time.perf_counter() - t0
-        # seconds: the whole epoch, validation included; train_seconds: the training steps only
-        # a dict from validate() is stored as it is (its "val_loss", if any, is the history's)
-        state.history.append({
-            "epoch": epoch + 1, "train_loss": train_loss,
-            "val_loss": val_metrics.get("val_loss") if val_metrics else val_loss, **val_metrics,
-            "lr": epoch_lr, "seconds": seconds, "train_seconds": train_seconds, "samples": count,
-        })
-        if not config.quiet:
-            val_text = "".join(f"  {k} {v:.4f}" for k, v in val_metrics.items()) if val_metrics else (
-                f"  val {val_loss:.4f}" if val_loss is not None else "")
-            tqdm.write(f"{config.desc} {epoch + 1}/{config.epochs}  train {train_loss:.4f}{val_text}"
-                       f"  lr {epoch_lr:.2e}  {seconds:.1f}s{'  *' if improved else ''}")
-        if improved and on_best is not None:
-            on_best(state)
-        if config.patience is not None and state.bad_epochs >= config.patience:
-            stopped_early = epoch + 1 < config.epochs
-            if not config.quiet and stopped_early:
-                tqdm.write(f"early stopping: no improvement for {config.patience} epochs "
-                           f"(best epoch {state.best_epoch})")
-            break
+            t0 = time.perf_counter()
+            skip = state.step_in_epoch
+            if skip == 0:
+                if rng_now is not None:  # resuming at an epoch boundary
+                    set_rng_state(rng_now, generator)
+                    rng_now = None
+                state.epoch_rng = rng_state(generator) if saved_path is not None else None
+                total, count = 0.0, 0.0
+            else:  # resuming mid-epoch: replay the epoch's start, skip what was done, then continue
+                if state.epoch_rng is not None:
+                    set_rng_state(state.epoch_rng, generator)
+                total, count = epoch_loss
+            batches = _epoch_batches(train_loader, epoch, skip)
+            if skip and rng_now is not None:
+                set_rng_state(rng_now, generator)
+                rng_now = None
+            bar = tqdm(batches, desc=f"{config.desc} {epoch + 1}/{config.epochs}", total=steps_per_epoch,
+                       initial=skip, disable=quiet, leave=False, dynamic_ncols=True)
+            lr = epoch_lr = state.schedule(epoch, 0)
+            for i, batch in enumerate(bar, start=skip):
+                lr = state.schedule(epoch, i)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = move_to(batch, device)
+                with autocast(device, config.bf16):
+                    loss = loss_fn(net, batch)
+                finite = bool(torch.isfinite(loss.detach()).all())
+                stop_now = stop.signum is not None or (stop_after is not None and state.step + 1 >= stop_after)
+                bad, stop_now = distributed.any_rank([not finite, stop_now], ctx)  # every rank acts alike
+                if bad:
+                    _restore_best(state)
+                    kept = f"the best weights (epoch {state.best_epoch}) are kept" if state.best_epoch else (
+                        "no epoch finished, so there are no best weights")
+                    value = loss.item() if not finite else "non-finite on another process"
+                    raise ValueError(f"training loss is {value} at epoch {epoch + 1}, step {i + 1} "
+                                     f"(optimiser step {state.step + 1}); stopped, {kept}, and files written "
+                                     f"before (checkpoint, training state) are left as they were. "
+                                     f"Try a lower learning rate or gradient clipping (--grad-clip).")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                state.step += 1
+                state.step_in_epoch = i + 1
+                n = _batch_size(batch)
+                total += loss.item() * n
+                count += n
+                if i % 20 == 0 or i == steps_per_epoch - 1:
+                    bar.set_postfix(loss=f"{total / max(count, 1):.4f}", lr=f"{lr:.2e}", refresh=False)
+                if stop_now:
+                    bar.close()
+                    epoch_loss_now = [total, count]
+                    interrupt(stop.signum or signal.SIGINT, f"at epoch {epoch + 1}, step {i + 1} of {steps_per_epoch}")
+            bar.close()
+            total, count = distributed.all_reduce_sum([total, count], ctx)
+            train_loss = total / max(count, 1)
+            train_seconds = time.perf_counter() - t0
+
+            val_loss = None
+            val_metrics: dict[str, float] = {}
+            if validate is not None:
+                model.eval()
+                with torch.no_grad():
+                    val_loss, val_metrics = _monitored(validate(model), config.monitor)
+                model.train()
+                if not math.isfinite(val_loss):
+                    _restore_best(state)
+                    what = "validation loss" if config.monitor == "val_loss" else config.monitor
+                    raise ValueError(f"{what} is {val_loss} after epoch {epoch + 1}; stopped, "
+                                     f"the best weights (epoch {state.best_epoch}) are kept")
+            monitored = val_loss if val_loss is not None else train_loss
+            state.epoch, state.step_in_epoch = epoch + 1, 0
+            improved = monitored < state.best_val
+            if improved:
+                state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
+                state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                state.bad_epochs += 1
+            seconds = time.perf_counter() - t0
+            # seconds: the whole epoch, validation included; train_seconds: the training steps only
+            # a dict from validate() is stored as it is (its "val_loss", if any, is the history's)
+            state.history.append({
+                "epoch": epoch + 1, "train_loss": train_loss,
+                "val_loss": val_metrics.get("val_loss") if val_metrics else val_loss, **val_metrics,
+                "lr": epoch_lr, "seconds": seconds, "train_seconds": train_seconds, "samples": int(count),
+            })
+            if not quiet:
+                val_text = "".join(f"  {k} {v:.4f}" for k, v in val_metrics.items()) if val_metrics else (
+                    f"  val {val_loss:.4f}" if val_loss is not None else "")
+                tqdm.write(f"{config.desc} {epoch + 1}/{config.epochs}  train {train_loss:.4f}{val_text}"
+                           f"  lr {epoch_lr:.2e}  {seconds:.1f}s{'  *' if improved else ''}")
+            if improved and on_best is not None and main:
+                on_best(state)
+            if config.patience is not None and state.bad_epochs >= config.patience:
+                state.stopped_early = epoch + 1 < config.epochs
+                state.finished = True
+                if not quiet and state.stopped_early:
+                    tqdm.write(f"early stopping: no improvement for {config.patience} epochs "
+                               f"(best epoch {state.best_epoch})")
+            state.finished = state.finished or epoch + 1 == config.epochs
+            if saved_path is not None:
+                save((0.0, 0.0))
+            if distributed.any_rank([stop.signum is not None], ctx)[0]:  # a signal during validation
+                interrupt(stop.signum or signal.SIGTERM, f"after epoch {epoch + 1}", saved=True)
 
     _restore_best(state)
     return TrainResult(
         history=state.history, best_epoch=state.best_epoch, best_val=state.best_val,
-        epochs_run=state.epoch, train_seconds=time.perf_counter() - start,
-        stopped_early=stopped_early, config=asdict(config),
+        epochs_run=state.epoch, train_seconds=seconds_before + time.perf_counter() - start,
+        stopped_early=state.stopped_early, config=asdict(config),
     )

@@ -1,0 +1,47 @@
+"""Run under ``torchrun --nproc-per-node 2`` by test_distributed.py: several short CLI runs in one
+launch (starting the processes is what costs), their exit codes written to ``OUT/exit_codes.json``.
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_driver.py OUT CSV
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from mambamixer.cli import main
+from mambamixer.training.trainer import STOP_AFTER_ENV
+
+
+def forecast_args(model: str, csv: str, out: Path, *extra: str) -> list[str]:
+    return ["forecast", "--model", model, "--data", csv, "--horizon", "12", "--seq-len", "32", "--epochs", "2",
+            "--batch-size", "16", "--patience", "0", "--out", str(out), "--quiet", *extra]
+
+
+CLASSIFY = ["classify", "--model", "vit_test", "--data", "digits", "--epochs", "2", "--batch-size", "16", "--lr",
+            "3e-3", "--warmup-epochs", "0", "--limit-train", "128", "--limit-eval", "64", "--quiet"]
+TSM2_TINY = ("--set", "d_model=16", "--set", "n_blocks=1")  # dropout 0.2 stays on: per-rank RNG streams
+
+
+def run_all(out: Path, csv: str) -> dict[str, int]:
+    codes = {
+        # equivalence with one process: no dropout, no augmentation, no BatchNorm
+        "forecast": main(forecast_args("dlinear", csv, out / "forecast")),
+        "classify": main([*CLASSIFY, "--no-augment", "--set", "dropout=0", "--out", str(out / "classify")]),
+        # exact resume across processes, with dropout
+        "uninterrupted": main(forecast_args("tsm2", csv, out / "uninterrupted", *TSM2_TINY)),
+    }
+    os.environ[STOP_AFTER_ENV] = "30"  # epoch 2, step 7 (23 steps an epoch)
+    codes["stopped"] = main(forecast_args("tsm2", csv, out / "resumed", *TSM2_TINY))
+    del os.environ[STOP_AFTER_ENV]
+    codes["resumed"] = main(forecast_args("tsm2", csv, out / "resumed", *TSM2_TINY, "--resume"))
+    return codes
+
+
+if __name__ == "__main__":
+    out_dir, data = Path(sys.argv[1]), sys.argv[2]
+    result = run_all(out_dir, data)
+    if os.environ.get("RANK") == "0":
+        (out_dir / "exit_codes.json").write_text(json.dumps(result))
