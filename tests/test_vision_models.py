@@ -174,7 +174,7 @@ def test_switch_of_scans_computes_only_the_chosen_scans(monkeypatch):
 
     # the output is the k-weighted sum of the chosen scans, each computed by the plain per-order path
     monkeypatch.setattr(selective_mixer, "selective_scan", real_scan)
-    _, weights = mixer.switch.route(x.mean(dim=1))
+    _, weights = mixer.switch(x.mean(dim=1))
     u, z = mixer.in_proj(x).chunk(2, dim=-1)
     u = F.silu(mixer.conv2d(u.transpose(1, 2).reshape(16, 16, 3, 4))).flatten(2)
     scans = torch.stack([

@@ -122,7 +122,8 @@ class SelectiveMixer(nn.Module):
         if self.convs is not None:  # a causal conv per order, in its own direction: one scan call per order
             y = sum(self._scan(k, u, grid) for k in range(len(self.orders))).transpose(1, 2)
         elif self.switch is not None:
-            y = self.switch(x.mean(dim=1), u, lambda k, sub: self._stacked_scan(sub, (k,), grid))
+            choice, weights = self.switch(x.mean(dim=1))  # per input: its top-k scan orders and their weights
+            y = self._switched_scan(u, choice, weights, grid)
         else:
             y = self._stacked_scan(u, range(len(self.orders)), grid)  # (batch, length, d_inner)
         return self.out_proj(y * F.silu(z))
@@ -156,8 +157,6 @@ class SelectiveMixer(nn.Module):
         ks = tuple(ks)
         batch, width, length = u.shape
         ssms = [self.ssms[k] for k in ks]
-        if any(not s.selective for s in ssms):
-            raise ValueError("stacked scans need selective S6 layers")
         n_k, rank, n = len(ks), ssms[0].dt_rank, ssms[0].d_state
         visit, gather_index, add_index = _stack_indices(
             tuple(self.orders[k].name for k in ks), length, grid, width, u.stride(1) == 1, u.device
@@ -169,16 +168,48 @@ class SelectiveMixer(nn.Module):
         delta = _matmul(torch.block_diag(*[s.dt_proj.weight for s in ssms]), dt.reshape(batch, n_k * rank, length))
         source = u.transpose(1, 2) if u.stride(1) == 1 else u  # the memory of u, flattened per sample
         us = source.reshape(batch, -1).index_select(1, gather_index).view(batch, n_k * width, length)
+        y = self._run_scan(ks, us, delta, B.contiguous(), C.contiguous())
+        out = y.new_zeros(batch, length * width).index_add_(1, add_index, y.reshape(batch, -1))
+        return out.view(batch, length, width)
+
+    def _switched_scan(self, u: Tensor, choice: Tensor, weights: Tensor, grid: tuple[int, int] | None) -> Tensor:
+        """Switch of Scans: only the chosen scans of u (batch, width, length), in token order -> (batch, length, width).
+
+        ``choice``, ``weights`` (batch, k): each input's chosen scan orders and their weights; the
+        result is the weighted sum of those scans. The (input, choice) pairs form one batch sorted
+        by order, so the reordering, the projections and the way back run once over it, and the
+        scan once per chosen order, on its contiguous slice.
+        """
+        batch, width, length = u.shape
+        rank, n = self.ssms[0].dt_rank, self.ssms[0].d_state
+        pairs = torch.argsort(choice.flatten(), stable=True)  # (batch k,) grouped by scan order
+        order, image = choice.flatten()[pairs], pairs // choice.shape[1]
+        visit, inverse = _visits(tuple(o.name for o in self.orders), length, grid, u.device)
+        expand = (-1, width, -1)
+        us = u.index_select(0, image).gather(2, visit[order][:, None, :].expand(*expand))  # (pairs, width, length)
+        w_x = torch.stack([s.x_proj.weight for s in self.ssms]).index_select(0, order)  # (pairs, rank + 2 n, width)
+        dt, B, C = torch.bmm(w_x, us).split([rank, n, n], dim=1)
+        delta = torch.bmm(torch.stack([s.dt_proj.weight for s in self.ssms]).index_select(0, order), dt)
+        B, C = B.contiguous(), C.contiguous()
+        counts = torch.bincount(order, minlength=len(self.orders)).tolist()
+        # split, not slicing: its backward is one cat, where every slice's would fill a whole zero tensor
+        parts = zip(us.split(counts), delta.split(counts), B.split(counts), C.split(counts), strict=True)
+        ys = [self._run_scan((k,), *part) for k, part in enumerate(parts) if counts[k]]  # the inputs that chose k
+        y = torch.cat(ys) * weights.flatten()[pairs][:, None, None]
+        y = y.gather(2, inverse[order][:, None, :].expand(*expand))  # back to token order
+        return y.new_zeros(batch, width, length).index_add_(0, image, y).transpose(1, 2)
+
+    def _run_scan(self, ks: tuple[int, ...], u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> Tensor:
+        """The scan of orders ``ks`` stacked along channels: u, delta (batch, K width, length), B, C grouped."""
+        ssms = [self.ssms[k] for k in ks]
+        if any(not s.selective for s in ssms):
+            raise ValueError("the vision mixers need selective S6 layers")
         A = -torch.exp(torch.cat([s.A_log for s in ssms]).float())
         D = torch.cat([s.D for s in ssms]).float()
         bias = torch.cat([s.dt_bias for s in ssms]).float()
-        B, C = B.contiguous(), C.contiguous()
         if self.quasi_separable:
-            y = quasi_separable_scan(us, delta, A, B, C, D, bias)
-        else:
-            y = selective_scan(us, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
-        out = y.new_zeros(batch, length * width).index_add_(1, add_index, y.reshape(batch, -1))
-        return out.view(batch, length, width)
+            return quasi_separable_scan(u, delta, A, B, C, D, bias)
+        return selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
 
 
 def _matmul(w: Tensor, x: Tensor) -> Tensor:
@@ -195,6 +226,17 @@ def _matmul(w: Tensor, x: Tensor) -> Tensor:
 
 
 @lru_cache(maxsize=512)
+def _visits(names: tuple[str, ...], length: int, grid: tuple[int, int] | None,
+            device: torch.device) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(K, length) each: the token each order visits at each step, and the step at which it visits each token."""
+    visit = torch.stack([
+        torch.arange(length) if p is None else p.cpu()
+        for p in (ScanOrder(name).permutation(length, grid) for name in names)
+    ])  # fmt: skip
+    return visit.to(device), torch.argsort(visit, dim=1).to(device)
+
+
+@lru_cache(maxsize=512)
 def _stack_indices(names: tuple[str, ...], length: int, grid: tuple[int, int] | None, width: int,
                    token_major: bool, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Index tensors of ``_stacked_scan`` (built once per shape).
@@ -204,10 +246,7 @@ def _stack_indices(names: tuple[str, ...], length: int, grid: tuple[int, int] | 
     (length, width) or channel-first (width, length)). add_index: the flat token-major position
     (length, width) each stacked output element returns to.
     """
-    visit = torch.stack([
-        torch.arange(length) if p is None else p.cpu()
-        for p in (ScanOrder(name).permutation(length, grid) for name in names)
-    ])  # fmt: skip
+    visit = _visits(names, length, grid, torch.device("cpu"))[0]
     channel = torch.arange(width)[None, :, None]
     token = visit[:, None, :]
     add_index = (token * width + channel).flatten()

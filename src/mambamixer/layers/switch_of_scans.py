@@ -4,9 +4,9 @@
     -> top-k candidates per input, weights k * softmax(their logits)
     -> y = sum over the chosen c of weight_c * scan_c(x)
 
-Only the chosen scans run: the batch is split by candidate, each candidate scans the inputs that
-chose it, and the results are added back in place. The weights sum to k, so equal weights give
-the plain sum of k scans (what a fixed multi-scan mixer computes).
+Only the chosen scans run: the mixer groups the batch by chosen scan and each candidate scans
+the inputs that chose it (``SelectiveMixer._switched_scan``). The weights sum to k, so equal
+weights give the plain sum of k scans (what a fixed multi-scan mixer computes).
 
 The router is balanced as Switch Transformer's experts are: with f_c the fraction of the
 batch's (input, slot) choices that went to candidate c and P_c the mean router probability
@@ -20,8 +20,6 @@ expose it as ``aux_loss()`` for the training loop to add.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +38,11 @@ class SwitchOfScans(nn.Module):
         self.balance_loss: Tensor | None = None
         self.last_choice: Tensor | None = None  # (batch, top_k) candidate indices of the latest forward
 
-    def route(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         """pooled (batch, d_model) -> chosen candidates (batch, top_k) and their weights (batch, top_k).
 
-        Sets ``balance_loss`` and ``last_choice``.
+        Sets ``balance_loss`` and ``last_choice``. The mixer then computes, for each candidate, its
+        scan of the inputs that chose it (``SelectiveMixer._switched_scan``).
         """
         logits = self.router(pooled).float()  # (batch, n_candidates)
         top_logits, choice = logits.topk(self.top_k, dim=-1)
@@ -52,25 +51,6 @@ class SwitchOfScans(nn.Module):
         self.balance_loss = self.n_candidates * (fraction * F.softmax(logits, dim=-1).mean(0)).sum()
         self.last_choice = choice.detach()
         return choice, weights.to(pooled.dtype)
-
-    def forward(self, pooled: Tensor, x: Tensor, scan: Callable[[int, Tensor], Tensor]) -> Tensor:
-        """Weighted sum of the chosen scans of x (batch, ...) -> (batch, ...).
-
-        ``scan(c, x_sub)`` computes candidate c on a sub-batch x_sub (n, ...) -> (n, ...);
-        it is called once per candidate that at least one input chose, on those inputs only.
-        """
-        choice, weights = self.route(pooled)
-        out = None
-        for c in range(self.n_candidates):
-            rows, slot = (choice == c).nonzero(as_tuple=True)  # an input picks a candidate at most once
-            if rows.numel() == 0:
-                continue
-            y = scan(c, x.index_select(0, rows))
-            y = y * weights[rows, slot].view(-1, *(1,) * (y.dim() - 1))
-            if out is None:
-                out = y.new_zeros((x.shape[0], *y.shape[1:]))
-            out.index_add_(0, rows, y)  # in place: rows are distinct per candidate
-        return out
 
     def extra_repr(self) -> str:
         return f"n_candidates={self.n_candidates}, top_k={self.top_k}"
