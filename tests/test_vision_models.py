@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mambamixer.layers.qs_s6 as qs_s6
 import mambamixer.layers.selective_mixer as selective_mixer
 from mambamixer import create_model, list_models
 from mambamixer.layers.channel_mixer import ChannelMixer
@@ -149,11 +150,14 @@ def test_channel_mixer_is_per_token_and_sees_every_channel():
     assert torch.all(x.grad[1, 2] != 0)
 
 
-def test_switch_of_scans_computes_only_the_chosen_scans(monkeypatch):
+@pytest.mark.parametrize("quasi_separable", [False, True])
+def test_switch_of_scans_computes_only_the_chosen_scans(monkeypatch, quasi_separable):
     torch.manual_seed(0)
-    orders = ("row", "row_reverse", "column", "column_reverse", "snake", "snake_reverse", "diagonal",
-              "diagonal_reverse")  # fmt: skip
-    mixer = TokenMixer(8, scan_orders=orders, d_state=4, d_conv=3, conv_2d=True, sos_top_k=2).mixer.double()
+    orders = ("row", "column", "snake", "diagonal")
+    if not quasi_separable:  # a QS scan runs both ways already
+        orders += ("row_reverse", "column_reverse", "snake_reverse", "diagonal_reverse")
+    mixer = TokenMixer(8, scan_orders=orders, d_state=4, d_conv=3, conv_2d=True, sos_top_k=2,
+                       quasi_separable=quasi_separable).mixer.double()  # fmt: skip
     calls = []
     real_scan = selective_mixer.selective_scan
 
@@ -162,18 +166,20 @@ def test_switch_of_scans_computes_only_the_chosen_scans(monkeypatch):
         calls.append((candidate, u.shape[0]))
         return real_scan(u, delta, A, *args, **kwargs)
 
-    monkeypatch.setattr(selective_mixer, "selective_scan", counting_scan)
+    for module in (selective_mixer, qs_s6):  # the two places that call the op
+        monkeypatch.setattr(module, "selective_scan", counting_scan)
     for s6 in mixer.ssms:  # tell the candidates apart by their A
         s6.A_log.data += torch.rand_like(s6.A_log) * 0.1
     x = torch.randn(16, 12, 8, dtype=torch.float64)
     y = mixer(x, (3, 4))
     choice = mixer.switch.last_choice
-    chosen = {int(c): int((choice == c).any(dim=1).sum()) for c in choice.unique()}
+    per_image = 2 if quasi_separable else 1  # QS-S6: the images and their flips in one call
+    chosen = {int(c): per_image * int((choice == c).any(dim=1).sum()) for c in choice.unique()}
     assert dict(calls) == chosen and len(calls) == len(chosen)  # one call per chosen candidate, on its images
-    assert sum(n for _, n in calls) == 16 * 2
+    assert sum(n for _, n in calls) == 16 * 2 * per_image
 
     # the output is the k-weighted sum of the chosen scans, each computed by the plain per-order path
-    monkeypatch.setattr(selective_mixer, "selective_scan", real_scan)
+    monkeypatch.undo()
     _, weights = mixer.switch(x.mean(dim=1))
     u, z = mixer.in_proj(x).chunk(2, dim=-1)
     u = F.silu(mixer.conv2d(u.transpose(1, 2).reshape(16, 16, 3, 4))).flatten(2)

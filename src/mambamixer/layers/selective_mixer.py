@@ -21,7 +21,8 @@ Options for the vision models (ViM2, ViQS; docs/vision.md), all off by default:
 
 Speed on CPU: the conv runs token-major (batch, length, d_inner), where its shifted copies are
 whole rows; the gate is applied inside each scan (the sum of gated scans equals the gated sum),
-so no element-wise kernels run on the scans' outputs.
+so no element-wise kernels run on the scans' outputs. The vision options run every scan order of
+a mixer as one scan call on the orders stacked along the channels (``_stacked_scan``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class SelectiveMixer(nn.Module):
             raise ValueError(f"channel_group must divide d_inner = {self.d_inner}, got {channel_group}")
         if channel_group is not None and (conv_2d or sos_top_k or any(o.is_2d for o in self.orders)):
             raise ValueError("a scan across channels takes 1D scan orders, without conv_2d or Switch of Scans")
+        if sos_top_k and not conv_2d and d_conv > 0:
+            raise ValueError("Switch of Scans needs conv_2d=True or d_conv=0 (no causal conv per scan order)")
         if conv_2d and d_conv % 2 == 0:
             raise ValueError(f"conv_2d needs an odd kernel (d_conv) to keep the grid centred, got {d_conv}")
         self.channel_group, self.quasi_separable = channel_group, quasi_separable
