@@ -20,13 +20,23 @@ def small(**kw) -> TSM2:
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_marks": 4}, {"channel_mixer": False}, {"weighted_average": False},
-                                {"patch_len": 1, "stride": 1}, {"n_static": 3}])  # fmt: skip
+                                {"patch_len": 1, "stride": 1}, {"n_static": 3}, {"head": "time"}])  # fmt: skip
 def test_shapes(kw):
     model = small(**kw)
     x = torch.randn(3, 48, 5)
     marks = dict(x_mark=torch.randn(3, 48, 4), y_mark=torch.randn(3, 24, 4)) if kw.get("n_marks") else {}
     static = dict(static=torch.randn(3, 5, 3)) if kw.get("n_static") else {}
     assert model(x, **marks, **static).shape == (3, 24, 5)
+
+
+def test_time_head_is_a_linear_map_from_lookback_to_horizon():
+    flat, timed = small(head="flatten"), small(head="time")
+    n_tokens, d_model, stride = flat.config.n_patches, 16, 4
+    head_params = lambda m: sum(p.numel() for p in m.head.parameters())  # noqa: E731
+    assert head_params(flat) == n_tokens * d_model * 24 + 24
+    assert head_params(timed) == d_model * stride + stride + n_tokens * stride * 24 + 24
+    with pytest.raises(ValueError, match="head"):
+        small(head="conv")
 
 
 def test_lookback_512_configuration():

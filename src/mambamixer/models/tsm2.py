@@ -50,6 +50,11 @@ class TSM2Config:
     weighted_average: bool = True  # False: plain residual stack (ablation)
     dropout: float = 0.2  # on every mixer's output and on the embedded tokens
     head_dropout: float = 0.0
+    # "flatten": PatchTST's head, Linear(n_patches * d_model -> horizon) on the flattened tokens;
+    # "time": each patch token -> its `stride` time steps (Linear d_model -> stride), then one
+    # Linear over those n_patches * stride steps -> horizon: the spec's linear map from lookback
+    # to horizon, with far fewer parameters at long horizons (docs/tsm2.md)
+    head: str = "flatten"
     revin_affine: bool = True
     future_hidden: int = 16  # width of the future-covariate projection
 
@@ -90,9 +95,17 @@ class TSM2(PretrainedMixin, nn.Module):
             weighted_average=c.weighted_average,
         )
         self.norm = nn.LayerNorm(c.d_model)
-        self.head = nn.Sequential(
-            nn.Flatten(-2), nn.Dropout(c.head_dropout), nn.Linear(n_tokens * c.d_model, c.horizon)
-        )
+        if c.head == "flatten":
+            self.head = nn.Sequential(
+                nn.Flatten(-2), nn.Dropout(c.head_dropout), nn.Linear(n_tokens * c.d_model, c.horizon)
+            )
+        elif c.head == "time":
+            self.head = nn.Sequential(
+                nn.Linear(c.d_model, c.stride), nn.Flatten(-2), nn.Dropout(c.head_dropout),
+                nn.Linear(n_tokens * c.stride, c.horizon),
+            )  # fmt: skip
+        else:
+            raise ValueError(f"TSM2Config.head must be 'flatten' or 'time', got {c.head!r}")
         self.future_proj = None
         if n_marks:
             self.future_proj = nn.Sequential(nn.Linear(n_marks, c.future_hidden), nn.GELU())
