@@ -401,12 +401,12 @@ def fit(
     stop_after = _stop_after_steps()
     start = time.perf_counter()
 
-    def save(epoch_loss: tuple[float, float]) -> None:
+    def save(partial: tuple[float, float]) -> None:
         # every rank sends its RNG states (its dropout and augmentation streams); rank 0 writes
         rng = distributed.all_gather_object({"now": rng_state(generator), "epoch_start": state.epoch_rng}, ctx)
         if main:
             state.seconds = seconds_before + time.perf_counter() - start
-            save_train_state(saved_path, state.state_dict(rng, epoch_loss, state_meta))  # type: ignore[arg-type]
+            save_train_state(saved_path, state.state_dict(rng, partial, state_meta))  # type: ignore[arg-type]
 
     def interrupt(signum: int, where: str, saved: bool = False) -> None:
         if saved_path is not None:
