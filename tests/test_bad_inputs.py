@@ -255,10 +255,7 @@ BAD_SERIES = {
 
 @pytest.mark.parametrize("name", FORECASTERS)
 @pytest.mark.parametrize("case", list(BAD_SERIES))
-def test_forecaster_forward_rejects_bad_series(name: str, case: str, request: pytest.FixtureRequest) -> None:
-    if name == "simba" and ("dtype" in case or "float64" in case):
-        request.applymarker(pytest.mark.xfail(reason="models/simba.py checks shapes itself, not yet dtypes "
-                                                     "(models.contract.check_series does both)", strict=False))
+def test_forecaster_forward_rejects_bad_series(name: str, case: str) -> None:
     model = create_model(name, seq_len=32, horizon=12, n_vars=3)
     x, message = BAD_SERIES[case]
     with pytest.raises(ValueError, match=message):

@@ -39,6 +39,7 @@ from mambamixer.layers.normalization import RevIN
 from mambamixer.layers.patching import n_patches, patchify
 from mambamixer.layers.scan_order import ORDERS_1D
 from mambamixer.layers.selective_mixer import SelectiveMixer
+from mambamixer.models.contract import check_forecast_config, check_series
 from mambamixer.models.hierarchical import HierarchicalBackbone
 from mambamixer.models.pretrained import PretrainedMixin
 from mambamixer.models.registry import register_model
@@ -270,7 +271,8 @@ class SiMBAForecaster(PretrainedMixin, nn.Module):
     def __init__(self, config: SiMBAForecastConfig) -> None:
         super().__init__()
         c = self.config = config
-        for name in ("seq_len", "horizon", "n_vars", "patch_len", "stride", "d_model", "n_blocks"):
+        check_forecast_config(c)
+        for name in ("patch_len", "stride", "d_model", "n_blocks"):
             if getattr(c, name) < 1:
                 raise ValueError(f"SiMBAForecastConfig.{name} must be >= 1, got {getattr(c, name)}")
         _check_mixing(c, (c.d_model,))
@@ -285,10 +287,7 @@ class SiMBAForecaster(PretrainedMixin, nn.Module):
     def forward(self, x: Tensor, x_mark: Tensor | None = None, y_mark: Tensor | None = None) -> Tensor:
         """x (batch, seq_len, n_vars) -> (batch, horizon, n_vars); the calendar marks are ignored."""
         c = self.config
-        if not isinstance(x, Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != (c.seq_len, c.n_vars):
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (batch, seq_len, n_vars) = (batch, {c.seq_len}, {c.n_vars}), "
-                             f"got {shape}")
+        check_series(self, x)
         batch = x.shape[0]
         x, stats = self.revin.normalize(x)
         z = patchify(x.transpose(1, 2), c.patch_len, c.stride, c.pad_end)  # (batch, n_vars, n_patches, patch_len)
