@@ -15,6 +15,8 @@ Options for the vision models (ViM2, ViQS; docs/vision.md), all off by default:
   with one parameter set, so ('row', 'column') covers four directions with two parameter sets.
 - ``sos_top_k``: Switch of Scans (layers/switch_of_scans.py): a router on the pooled input picks
   the top-k scan orders per input; only those are computed.
+- ``out_norm``: LayerNorm over d_inner of the summed scans, before the gate (VMamba's SS2D), so
+  the gate sees the same scale whatever the number of scans summed.
 - ``channel_group``: the scan runs across the channel axis instead of the tokens: each token's
   d_inner channels are read as a sequence of d_inner / channel_group steps of channel_group
   features (the vision channel mixer; image-size-agnostic, every token on its own).
@@ -60,6 +62,7 @@ class SelectiveMixer(nn.Module):
         quasi_separable: bool = False,
         sos_top_k: int | None = None,
         channel_group: int | None = None,
+        out_norm: bool = False,
     ) -> None:
         super().__init__()
         self.d_inner = d_inner or int(expand * d_model)
@@ -68,8 +71,8 @@ class SelectiveMixer(nn.Module):
             raise ValueError("scan_orders must name at least one scan order")
         if channel_group is not None and (channel_group < 1 or self.d_inner % channel_group):
             raise ValueError(f"channel_group must divide d_inner = {self.d_inner}, got {channel_group}")
-        if channel_group is not None and (conv_2d or sos_top_k or any(o.is_2d for o in self.orders)):
-            raise ValueError("a scan across channels takes 1D scan orders, without conv_2d or Switch of Scans")
+        if channel_group is not None and (conv_2d or sos_top_k or out_norm or any(o.is_2d for o in self.orders)):
+            raise ValueError("a scan across channels takes 1D scan orders, no conv_2d, out_norm or Switch of Scans")
         if sos_top_k and not conv_2d and d_conv > 0:
             raise ValueError("Switch of Scans needs conv_2d=True or d_conv=0 (no causal conv per scan order)")
         if conv_2d and d_conv % 2 == 0:
@@ -85,13 +88,15 @@ class SelectiveMixer(nn.Module):
         ssm = QSS6 if quasi_separable else S6
         self.ssms = nn.ModuleList(ssm(width, d_state, dt_rank=dt_rank, selective=selective) for _ in self.orders)
         self.switch = SwitchOfScans(d_model, len(self.orders), sos_top_k) if sos_top_k else None
+        self.out_norm = nn.LayerNorm(self.d_inner) if out_norm else None
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         """x (batch, length, d_model) -> (batch, length, d_model); ``grid`` for 2D scan orders."""
         if self.channel_group is not None:
             return self._forward_channels(x)
-        if self.conv2d is not None or self.quasi_separable or self.switch is not None or self.convs is None:
+        vision = self.conv2d is not None or self.switch is not None or self.out_norm is not None
+        if vision or self.quasi_separable or self.convs is None:
             return self._forward_general(x, grid)
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (batch, length, d_inner) each
         y = None
@@ -129,6 +134,8 @@ class SelectiveMixer(nn.Module):
             y = self._switched_scan(u, choice, weights, grid)
         else:
             y = self._stacked_scan(u, range(len(self.orders)), grid)  # (batch, length, d_inner)
+        if self.out_norm is not None:
+            y = self.out_norm(y)
         return self.out_proj(y * F.silu(z))
 
     def _forward_channels(self, x: Tensor) -> Tensor:

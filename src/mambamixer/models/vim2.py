@@ -5,7 +5,7 @@
     -> 4 stages, each: [patch merging, stages 2-4] then MambaMixer blocks over the patch grid
          token mixer:   Linear d -> 2 (2d) (x, gate z) -> 3x3 depthwise conv on the grid -> SiLU
                         -> S6 along each scan order (row, column and their reverses) -> sum
-                        -> * SiLU(z) -> Linear 2d -> d
+                        -> LayerNorm -> * SiLU(z) -> Linear 2d -> d
          channel mixer: per token, Linear d -> 2 w (x, gate z) -> SiLU -> bidirectional S6 across
                         the w channels (w / 16 steps of 16 channels) -> * SiLU(z) -> Linear w -> d
          every mixer pre-norm and residual; the input of each mixer a learned weighted average of
@@ -66,6 +66,7 @@ class ViM2Config:
     d_conv: int = 3  # the token mixer's 2D depthwise conv kernel
     scan_orders: tuple[str, ...] = CROSS_SCAN  # token-mixer scans, summed (ignored with switch_of_scans)
     channel_group: int = 16  # channels per step of the channel mixer's scan across channels
+    out_norm: bool = True  # LayerNorm on the token mixer's summed scans, before the gate (VMamba)
     quasi_separable: bool = False  # True: ViQS (QS-S6 everywhere)
     switch_of_scans: bool = False
     sos_top_k: int = 2
@@ -104,7 +105,7 @@ class ViM2Stage(nn.Module):
 
         def token_mixer() -> TokenMixer:
             return TokenMixer(dim, scan_orders=c.token_scans, d_state=c.d_state, expand=c.expand, d_conv=c.d_conv,
-                              conv_2d=True, quasi_separable=c.quasi_separable,
+                              conv_2d=True, quasi_separable=c.quasi_separable, out_norm=c.out_norm,
                               sos_top_k=c.sos_top_k if c.switch_of_scans else None)  # fmt: skip
 
         def channel_mixer() -> ChannelMixer:
