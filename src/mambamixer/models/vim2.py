@@ -169,16 +169,22 @@ def _check_config(c: ViM2Config) -> None:
     n = len(c.dims)
     lengths = {len(getattr(c, f)) for f in ("dims", "depths", "channel_widths", "channel_counts", "strides")}
     if n == 0 or lengths != {n}:
-        raise ValueError(f"dims, depths, channel_widths, channel_counts and strides need one entry per stage, got "
-                         f"{c.dims}, {c.depths}, {c.channel_widths}, {c.channel_counts}, {c.strides}")
+        raise ValueError(
+            f"dims, depths, channel_widths, channel_counts and strides need one entry per stage, got "
+            f"{c.dims}, {c.depths}, {c.channel_widths}, {c.channel_counts}, {c.strides}"
+        )
     if min(c.depths) < 1 or min(c.dims) < 1 or min(c.channel_counts) < 0 or c.in_chans < 1 or c.num_classes < 0:
-        raise ValueError(f"depths and dims must be positive, channel_counts >= 0, in_chans >= 1, num_classes >= 0; "
-                         f"got depths={c.depths} dims={c.dims} channel_counts={c.channel_counts}")
+        raise ValueError(
+            f"depths and dims must be positive, channel_counts >= 0, in_chans >= 1, num_classes >= 0; "
+            f"got depths={c.depths} dims={c.dims} channel_counts={c.channel_counts}"
+        )
     for depth, count, width in zip(c.depths, c.channel_counts, c.channel_widths, strict=True):
         if count and (depth % count or width % c.channel_group):
-            raise ValueError(f"each stage needs depth divisible by its channel-mixer count and a channel width "
-                             f"divisible by channel_group={c.channel_group}; got depth {depth}, count {count}, "
-                             f"width {width}")
+            raise ValueError(
+                f"each stage needs depth divisible by its channel-mixer count and a channel width "
+                f"divisible by channel_group={c.channel_group}; got depth {depth}, count {count}, "
+                f"width {width}"
+            )
     if c.strides[0] < 1 or any(s not in (1, 2) for s in c.strides[1:]):
         raise ValueError(f"strides: a stem patch size >= 1, then 1 or 2 per later stage; got {c.strides}")
     if c.switch_of_scans and not 1 <= c.sos_top_k <= len(c.token_scans):
@@ -192,8 +198,18 @@ def _build(size: dict[str, Any], num_classes: int, in_chans: int, features_only:
     unknown = set(overrides) - {f.name for f in fields(ViM2Config)}
     if unknown:
         raise TypeError(f"unknown ViM2 overrides: {sorted(unknown)}")
-    return ViM2(ViM2Config(**{**size, "num_classes": num_classes, "in_chans": in_chans,
-                              "features_only": features_only, "out_indices": tuple(out_indices), **overrides}))
+    return ViM2(
+        ViM2Config(
+            **{
+                **size,
+                "num_classes": num_classes,
+                "in_chans": in_chans,
+                "features_only": features_only,
+                "out_indices": tuple(out_indices),
+                **overrides,
+            }
+        )
+    )
 
 
 # Sizes. T, S, B: the MambaMixer v1 scales table (published 20M / 43M / 74M; see docs/vision.md for
