@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -200,6 +201,8 @@ def test_switch_of_scans_balance_loss_is_finite_and_trains_the_router():
     (F.cross_entropy(logits, torch.randint(0, 10, (8,))) + aux).backward()
     routers = [m.switch.router for m in model.modules() if getattr(m, "switch", None) is not None]
     assert len(routers) == 5 and all(r.weight.grad.abs().sum() > 0 for r in routers)
+    model(torch.randn(2, 1, 28, 28))
+    copy.deepcopy(model)  # e.g. an EMA copy, while the routers hold the latest forward's loss
 
 
 def test_save_and_load_round_trip_bit_exactly(tmp_path):

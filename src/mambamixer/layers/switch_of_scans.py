@@ -52,6 +52,10 @@ class SwitchOfScans(nn.Module):
         self.last_choice = choice.detach()
         return choice, weights.to(pooled.dtype)
 
+    def __getstate__(self) -> dict:
+        # the latest forward's loss is a graph node, which deepcopy and pickle refuse: copies start without it
+        return {**super().__getstate__(), "balance_loss": None, "last_choice": None}
+
     def extra_repr(self) -> str:
         return f"n_candidates={self.n_candidates}, top_k={self.top_k}"
 
