@@ -34,12 +34,12 @@ def test_registry_lists_every_size():
 
 
 @pytest.mark.parametrize("name", SMALL)
-@pytest.mark.parametrize("size", [28, 32])
+@pytest.mark.parametrize("size", [(28, 28), (32, 32), (28, 36)])  # any multiple of the total stride 4
 def test_small_sizes_forward_at_real_scale(name, size):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_chans=1)
     assert 0.4e6 < n_params(model) < 0.6e6
-    assert model(torch.randn(2, 1, size, size)).shape == (2, 10)
+    assert model(torch.randn(2, 1, *size)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("name", LARGE)
