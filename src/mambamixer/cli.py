@@ -77,22 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", required=True, type=positive_int, help="forecast length")
     p.add_argument("--seq-len", type=positive_int, default=None, help="lookback length (default 96)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset CSVs")
-    p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate")
     p.add_argument("--optimizer", choices=("adam", "adamw"), default=None)
     p.add_argument("--schedule", choices=("halve", "cosine", "constant"), default=None,
                    help="learning-rate schedule")
-    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up, in epochs")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--grad-clip", type=positive_float, default=None, help="max gradient norm")
-    p.add_argument("--patience", type=non_negative_int, default=None,
-                   help="early-stopping patience in epochs (0 disables)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run folder (default runs/forecast-MODEL-DATA-SEQ-HORIZON)")
-    p.add_argument("--set", dest="overrides", type=key_value, action="append", default=None,
-                   metavar="KEY=VALUE", help="model config override, repeatable (e.g. --set d_model=64)")
-    _run_options(p)
+    _run_options(p, out_default="runs/forecast-MODEL-DATA-SEQ-HORIZON", set_example="d_model=64",
+                 patience_help="early-stopping patience in epochs (0 disables)")
     p.set_defaults(func=_forecast)
 
     p = sub.add_parser("classify", parents=[common], help="train and test an image classifier",
@@ -104,26 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="digits (default, offline), mnist, fashion-mnist, cifar10, cifar100, or an ImageFolder path")
     p.add_argument("--data-dir", default=None, help="folder holding (or receiving) the dataset files")
     p.add_argument("--img-size", type=positive_int, default=None, help="resize images to N x N (default: as stored)")
-    p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up, in epochs")
     p.add_argument("--label-smoothing", type=float, default=None)
-    p.add_argument("--grad-clip", type=positive_float, default=None, help="max gradient norm")
-    p.add_argument("--patience", type=non_negative_int, default=None,
-                   help="early-stopping patience in epochs (default and 0: run every epoch)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward passes")
     p.add_argument("--no-augment", action="store_true", help="no random crops, flips or erasing")
     p.add_argument("--limit-train", type=positive_int, default=None,
                    help="train on a seeded subset of N training images (quick checks)")
     p.add_argument("--limit-eval", type=positive_int, default=None,
                    help="validate and test on seeded subsets of N images (quick checks, not results)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run folder (default runs/classify-MODEL-DATA)")
-    p.add_argument("--set", dest="overrides", type=key_value, action="append", default=None,
-                   metavar="KEY=VALUE", help="model config override, repeatable (e.g. --set drop_path_rate=0.1)")
-    _run_options(p)
+    _run_options(p, out_default="runs/classify-MODEL-DATA", set_example="drop_path_rate=0.1",
+                 patience_help="early-stopping patience in epochs (default and 0: run every epoch)")
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("evaluate", parents=[common], help="recompute a run's test metrics",
@@ -139,8 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_options(p: argparse.ArgumentParser) -> None:
-    """Options every training command shares."""
+def _run_options(p: argparse.ArgumentParser, out_default: str, set_example: str, patience_help: str) -> None:
+    """Options every training command shares (a task's own recipe fills those left out)."""
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up, in epochs")
+    p.add_argument("--grad-clip", type=positive_float, default=None, help="max gradient norm")
+    p.add_argument("--patience", type=non_negative_int, default=None, help=patience_help)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help=f"run folder (default {out_default})")
+    p.add_argument("--set", dest="overrides", type=key_value, action="append", default=None,
+                   metavar="KEY=VALUE", help=f"model config override, repeatable (e.g. --set {set_example})")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out from its train_state.pt (give the same arguments)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
