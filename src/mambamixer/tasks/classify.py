@@ -42,14 +42,14 @@ from mambamixer.tasks.common import (
     check_positive_int,
     check_resumable,
     data_label,
-    find_checkpoint,
+    load_run_checkpoint,
     peak_memory_mb,
     pick_device,
     prepare_out,
     resume_state,
 )
 from mambamixer.training import distributed
-from mambamixer.training.checkpoint import STATE_NAME, load_checkpoint, save_checkpoint
+from mambamixer.training.checkpoint import STATE_NAME, save_checkpoint
 from mambamixer.training.distributed import Context, EpochSampler
 from mambamixer.training.plots import plot_confusion_matrix, plot_image_grid, plot_training_curves
 from mambamixer.training.seed import seed_everything
@@ -463,13 +463,8 @@ def evaluate_classify(
     ``data_dir`` defaults to the one the run used. The run's normalisation statistics,
     image size and precision are reused, so the figures equal ``metrics.json``'s.
     """
-    ckpt = find_checkpoint(run_dir)
-    net, run = load_checkpoint(ckpt)
-    if run.get("task") != "classify":
-        raise ValueError(f"{ckpt} is a {run.get('task', 'forecast')} run, not an image-classification run")
-    for key in ("data", "img_size", "mean", "std", "num_classes"):
-        if key not in run:
-            raise ValueError(f"{ckpt / 'run.json'} lacks {key!r}")
+    ckpt, net, run = load_run_checkpoint(run_dir, "classify", "an image-classification run",
+                                         ("data", "img_size", "mean", "std", "num_classes"))
     dev = pick_device(device)
     net.to(dev)
     ds = load_image_data(run["data"], data_dir=data_dir if data_dir is not None else run.get("data_dir"),

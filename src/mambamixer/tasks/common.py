@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mambamixer.training.checkpoint import STATE_NAME, load_train_state, plain, read_run
+from mambamixer.training.checkpoint import STATE_NAME, load_checkpoint, load_train_state, plain, read_run
 
 # Settings a resumed run may change: where it runs and where the data lives, not what it computes.
 RESUME_MAY_DIFFER = ("device", "processes", "torch_version", "data_dir", "data_file")
@@ -120,3 +120,19 @@ def find_checkpoint(run_dir: str | os.PathLike) -> Path:
 def run_task(run_dir: str | os.PathLike) -> str:
     """The task (``"forecast"`` or ``"classify"``) that wrote a run folder; old runs without one are forecasts."""
     return str(read_run(find_checkpoint(run_dir)).get("task", "forecast"))
+
+
+def load_run_checkpoint(run_dir: str | os.PathLike, task: str, what: str,
+                        required: tuple[str, ...]) -> tuple[Path, torch.nn.Module, dict[str, Any]]:  # fmt: skip
+    """``(checkpoint folder, model, run.json)`` of a run written by ``task``, with ``required`` keys present.
+
+    ``what`` names the task in the error for a run of another task; old runs without a task are forecasts.
+    """
+    ckpt = find_checkpoint(run_dir)
+    net, run = load_checkpoint(ckpt)
+    if run.get("task", "forecast") != task:
+        raise ValueError(f"{ckpt} is a {run.get('task', 'forecast')} run, not {what}")
+    for key in required:
+        if key not in run:
+            raise ValueError(f"{ckpt / 'run.json'} lacks {key!r}")
+    return ckpt, net, run

@@ -30,14 +30,14 @@ from mambamixer.tasks.common import (
     check_positive_int,
     check_resumable,
     data_label,
-    find_checkpoint,
+    load_run_checkpoint,
     peak_memory_mb,
     pick_device,
     prepare_out,
     resume_state,
 )
 from mambamixer.training import distributed
-from mambamixer.training.checkpoint import STATE_NAME, load_checkpoint, save_checkpoint
+from mambamixer.training.checkpoint import STATE_NAME, save_checkpoint
 from mambamixer.training.distributed import Context, EpochSampler
 from mambamixer.training.plots import plot_forecast, plot_training_curves
 from mambamixer.training.seed import seed_everything
@@ -305,13 +305,7 @@ def evaluate_forecast(
     ``run_dir`` is a run folder (holding ``checkpoint/``) or a checkpoint folder itself;
     ``data_dir`` defaults to the one the run used.
     """
-    ckpt = find_checkpoint(run_dir)
-    net, run = load_checkpoint(ckpt)
-    if run.get("task", "forecast") != "forecast":
-        raise ValueError(f"{ckpt} is a {run['task']} run, not a forecasting run")
-    for key in ("data", "seq_len", "horizon"):
-        if key not in run:
-            raise ValueError(f"{ckpt / 'run.json'} lacks {key!r}")
+    ckpt, net, run = load_run_checkpoint(run_dir, "forecast", "a forecasting run", ("data", "seq_len", "horizon"))
     dev = pick_device(device)
     net.to(dev)
     fd = load_forecast_data(run["data"], run["seq_len"], run["horizon"],
