@@ -1,10 +1,12 @@
-"""Tiny ImageFolder trees of PNGs written with Pillow, shared by the image tests."""
+"""Shared by the image tests: tiny ImageFolder trees of PNGs written with Pillow, and a short digits run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def write_png(path: Path, size: tuple[int, int] = (6, 6), mode: str = "RGB", value: int = 0) -> None:
@@ -24,3 +26,31 @@ def make_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), n: int = 
         for i in range(n):
             write_png(root / c / f"{i}.png", size, mode, value=i)
     return root
+
+
+def digits_held_out_losses(model: torch.nn.Module, steps: int, lr: float = 2e-3) -> tuple[float, float]:
+    """Held-out cross-entropy of ``model`` on scikit-learn's 8x8 digits (the last 300 images) before
+    and after ``steps`` AdamW steps on batches of 32 of the others (seeded)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # 1797 grey 8x8 images, 10 classes
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(digits.target)
+    held_x, held_y = x[-300:], y[-300:]
+
+    def held_out_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return F.cross_entropy(model(held_x), held_y).item()
+
+    before = held_out_loss()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x) - 300, (32,), generator=g)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return before, held_out_loss()

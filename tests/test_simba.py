@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from image_helpers import digits_held_out_losses
 from torch.utils.data import DataLoader, Subset
 
 from mambamixer import create_model
@@ -119,30 +120,7 @@ def test_vision_bad_inputs_and_configs_raise_clear_errors():
 
 
 def test_vision_short_training_lowers_held_out_loss_on_digits():
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-    y = torch.tensor(digits.target)
-    model = nano()
-    held_x, held_y = x[-300:], y[-300:]
-
-    def held_out_loss() -> float:
-        model.eval()
-        with torch.no_grad():
-            return F.cross_entropy(model(held_x), held_y).item()
-
-    before = held_out_loss()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(20):
-        idx = torch.randint(0, len(x) - 300, (32,), generator=g)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = held_out_loss()
+    before, after = digits_held_out_losses(nano(), steps=20)
     assert after < 0.7 * before, (before, after)
 
 
