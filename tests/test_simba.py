@@ -6,12 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
+from forecast_helpers import etth1_validation_losses
 from image_helpers import digits_held_out_losses
-from torch.utils.data import DataLoader, Subset
 
 from mambamixer import create_model
-from mambamixer.data.forecast import load_forecast_data
 from mambamixer.layers.einfft import EinFFT
 from mambamixer.layers.selective_mixer import SelectiveMixer
 from mambamixer.models import list_models
@@ -165,26 +163,5 @@ def test_forecast_bad_inputs_raise_clear_errors():
 
 
 def test_forecast_short_training_lowers_validation_loss_on_etth1(shared_data):
-    torch.manual_seed(0)
-    data = load_forecast_data("ETTh1", seq_len=96, horizon=24, data_dir=shared_data)
-    model = create_model("simba", seq_len=96, horizon=24, n_vars=data.n_vars, n_marks=data.n_marks)
-    train = DataLoader(Subset(data.train, range(0, len(data.train), 4)), batch_size=32, shuffle=True)
-    val_x, val_y, _, _ = next(iter(DataLoader(data.val, batch_size=512, shuffle=True)))
-
-    def val_loss() -> float:
-        model.eval()
-        with torch.no_grad():
-            return F.mse_loss(model(val_x), val_y).item()
-
-    before = val_loss()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    for step, (x, y, _, _) in enumerate(train):
-        loss = F.mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step == 40:
-            break
-    after = val_loss()
+    before, after = etth1_validation_losses("simba", shared_data)
     assert after < 0.85 * before, (before, after)

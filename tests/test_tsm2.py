@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Subset
+from forecast_helpers import etth1_validation_losses
 
 from mambamixer import create_model
-from mambamixer.data.forecast import load_forecast_data
 from mambamixer.models.tsm2 import TSM2
 
 
@@ -87,26 +86,5 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_short_training_lowers_validation_loss_on_etth1(shared_data):
-    torch.manual_seed(0)
-    data = load_forecast_data("ETTh1", seq_len=96, horizon=24, data_dir=shared_data)
-    model = create_model("tsm2", seq_len=96, horizon=24, n_vars=data.n_vars, n_marks=data.n_marks, d_model=32)
-    train = DataLoader(Subset(data.train, range(0, len(data.train), 4)), batch_size=32, shuffle=True)
-    val_x, val_y, val_xm, val_ym = next(iter(DataLoader(data.val, batch_size=512, shuffle=True)))
-
-    def val_loss() -> float:
-        model.eval()
-        with torch.no_grad():
-            return torch.nn.functional.mse_loss(model(val_x, val_xm, val_ym), val_y).item()
-
-    before = val_loss()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    for step, (x, y, xm, ym) in enumerate(train):
-        loss = torch.nn.functional.mse_loss(model(x, xm, ym), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step == 40:
-            break
-    after = val_loss()
+    before, after = etth1_validation_losses("tsm2", shared_data, d_model=32)
     assert after < 0.85 * before, (before, after)
