@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import with_flags
 from forecast_helpers import make_series_csv
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -60,16 +61,6 @@ def run_dir(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 def _forecast_args(csv: Path, out: Path, *extra: str) -> list[str]:
     return ["forecast", "--model", "dlinear", "--data", str(csv), "--horizon", "12", "--seq-len", "32", "--epochs",
             "1", "--out", str(out), "--quiet", *extra]
-
-
-def _apply(args: list[str], change: dict[str, str | None]) -> list[str]:
-    args = list(args)
-    for flag, value in change.items():
-        if flag in args and value is not None:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag] if value is None else [flag, value]
-    return args
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -130,7 +121,7 @@ def test_forecast_bad_input(change: dict[str, str | None], message: str, files: 
     elif data == "missing.csv":
         change = {**change, "--data": str(tmp_path / "missing.csv")}
     out = tmp_path / "run"
-    _fails(_apply(_forecast_args(files["good"], out), change), message, capsys)
+    _fails(with_flags(_forecast_args(files["good"], out), change), message, capsys)
     assert not out.exists()
 
 
@@ -155,7 +146,7 @@ def test_classify_bad_input(change: dict[str, str | None], message: str, tmp_pat
     pytest.importorskip("sklearn")
     out = tmp_path / "run"
     args = ["classify", "--model", "resnet_test", "--data", "digits", "--epochs", "1", "--out", str(out), "--quiet"]
-    _fails(_apply(args, change), message, capsys)
+    _fails(with_flags(args, change), message, capsys)
     assert not out.exists()
 
 

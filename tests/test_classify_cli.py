@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import with_flags
 from image_helpers import make_folder
 
 from mambamixer.cli import main
@@ -111,13 +112,7 @@ def three_channel_model(monkeypatch: pytest.MonkeyPatch) -> str:
 def test_bad_input_exits_2_and_writes_nothing(change: dict[str, str], message: str, tmp_path: Path,
                                               three_channel_model: str, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    args = _classify_args(out)
-    for flag, value in change.items():
-        if flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
-    assert main(args) == 2
+    assert main(with_flags(_classify_args(out), change)) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from cli_helpers import with_flags
 
 from mambamixer.cli import main, parse_value
 from mambamixer.tasks.forecast import evaluate_forecast
@@ -84,13 +85,7 @@ def test_evaluate_corrupt_checkpoint(run_dir: Path, tmp_path: Path, capsys: pyte
 def test_bad_input_exits_2_and_writes_nothing(change: dict[str, str], message: str, tmp_path: Path,
                                               shared_data: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    args = _forecast_args(out, shared_data)
-    for flag, value in change.items():
-        if flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
-    assert main(args) == 2
+    assert main(with_flags(_forecast_args(out, shared_data), change)) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
