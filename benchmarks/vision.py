@@ -3,30 +3,36 @@
     python benchmarks/vision.py                                       # default models, recipe epochs
     python benchmarks/vision.py --models resnet_small vit_small --epochs 5
     python benchmarks/vision.py --epochs 1 --limit-train 512 --limit-eval 1000   # a quick check only
+    python benchmarks/vision.py --jobs 2 --threads 1 --bf16   # two runs at a time, one thread each
 
 A model is a registered name, optionally followed by config overrides:
 ``vim2_femto:switch_of_scans=true`` is ViM2 with Switch of Scans. Each model runs
 ``mambamixer classify`` in its own process (so peak memory is that run's own) with the recipe of
 ``mambamixer.tasks.classify.RECIPE`` and ``--epochs`` for all; its metrics.json is collected into
 ``--results`` (JSON lines; finished runs are skipped when re-run, so an interrupted benchmark
-resumes). The Markdown table printed at the end has test top-1/top-5, parameters, train
-(forward+backward) and inference images per second, peak memory and time, with the published
-Fashion-MNIST accuracies of the data README below ours.
+resumes). ``--jobs N`` runs N models at a time, each with ``--threads`` intra-op threads (torch and
+numba), so a 2-core machine trains two models at once at one thread each. The Markdown table
+printed at the end has test top-1/top-5, parameters, train (forward+backward) and inference images
+per second, peak memory and time, with the published Fashion-MNIST accuracies of the data README
+below ours.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # Published Fashion-MNIST test accuracies (shared/data/README.md, from the Fashion-MNIST benchmark page).
 PUBLISHED = [("ResNet-18", "94.9%"), ("WRN-28-10", "95.9%"), ("WRN-40-4, 8.9M parameters", "96.7%"),
              ("SVC, the best classical model", "89.7%")]
 # The small variants (about 1-2M parameters at 10 classes on 28x28) and the two baselines.
-DEFAULT_MODELS = ["vim2_femto", "viqs_femto", "vim2_femto:switch_of_scans=true", "resnet_small", "vit_small"]
+DEFAULT_MODELS = ["vim2_femto", "viqs_femto", "vim2_femto:switch_of_scans=true", "resnet_small", "vit_small",
+                  "mambaout_nano", "simba_nano"]
 
 
 def parse_spec(spec: str) -> tuple[str, list[str]]:
@@ -36,8 +42,11 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
 
 def run_key(spec: str, args: argparse.Namespace, epochs: int) -> str:
+    recipe = "".join(f"/{name}{value}" for name, value in (("lr", args.lr), ("warmup", args.warmup_epochs),
+                                                           ("batch", args.batch_size)) if value is not None)
     return (f"{spec}/{args.data}/e{epochs}/s{args.seed}/train{args.limit_train or 'all'}/"
-            f"eval{args.limit_eval or 'all'}/{'bf16' if args.bf16 else 'fp32'}")
+            f"eval{args.limit_eval or 'all'}/{'bf16' if args.bf16 else 'fp32'}"
+            f"{'/noaug' if args.no_augment else ''}{recipe}")
 
 
 def load_results(path: Path) -> dict[str, dict]:
@@ -60,27 +69,37 @@ def run_one(spec: str, key: str, epochs: int, args: argparse.Namespace) -> dict:
             cmd += [flag, str(value)]
     if args.bf16:
         cmd.append("--bf16")
-    subprocess.run(cmd, check=True)
+    if args.no_augment:
+        cmd.append("--no-augment")
+    for flag, value in (("--lr", args.lr), ("--warmup-epochs", args.warmup_epochs), ("--batch-size", args.batch_size)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    env = dict(os.environ)
+    if args.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            env[var] = str(args.threads)
+    subprocess.run(cmd, check=True, env=env)
     m = json.loads((out / "metrics.json").read_text())
     keep = ("test_top1", "test_top5", "test_loss", "val_top1", "n_params", "train_images_per_second",
-            "inference_images_per_second", "epoch_images_per_second", "peak_memory_mb", "seconds", "seconds_per_epoch",
-            "epochs_run", "best_epoch", "train_images", "test_images")
+            "inference_images_per_second", "epoch_images_per_second", "peak_memory_mb", "seconds", "train_seconds",
+            "seconds_per_epoch", "epochs_run", "best_epoch", "train_images", "test_images")
     return {"key": key, "model": spec, "data": args.data, "epochs": epochs, "seed": args.seed,
             "limit_train": args.limit_train, "limit_eval": args.limit_eval, "bf16": args.bf16,
             "device": m["run"]["device"], **{k: m[k] for k in keep}}
 
 
 def table(rows: list[dict], data: str) -> str:
-    lines = ["| model | params | test top-1 | top-5 | train img/s | inference img/s | peak MB | s/epoch | epochs | "
-             "train / test images |", "|" + " --- |" * 10]
+    lines = ["| model | params | test top-1 | top-5 | train img/s | inference img/s | peak MB | s/epoch | training min "
+             "| epochs | train / test images |", "|" + " --- |" * 11]
     for r in rows:
         lines.append(f"| {r['model']} | {r['n_params']:,} | {r['test_top1']:.2%} | {r['test_top5']:.2%} | "
                      f"{r['train_images_per_second']:.0f} | {r['inference_images_per_second']:.0f} | "
-                     f"{r['peak_memory_mb']:.0f} | {r['seconds_per_epoch']:.0f} | {r['epochs']} | "
+                     f"{r['peak_memory_mb']:.0f} | {r['seconds_per_epoch']:.0f} | {r['train_seconds'] / 60:.1f} | "
+                     f"{r['epochs']} | "
                      f"{r['train_images']} / {r['test_images']} |")
     if data == "fashion-mnist":
         for model, acc in PUBLISHED:
-            lines.append(f"| {model} (published) | - | {acc} | - | - | - | - | - | - | 60000 / 10000 |")
+            lines.append(f"| {model} (published) | - | {acc} | - | - | - | - | - | - | - | 60000 / 10000 |")
     return "\n".join(lines)
 
 
@@ -97,6 +116,12 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, default=None, help="seeded subset of N training images")
     parser.add_argument("--limit-eval", type=int, default=None, help="seeded subsets of N val and test images")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--no-augment", action="store_true", help="no crops, flips or erasing (short schedules)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--warmup-epochs", type=float, default=None, help="default: the recipe's")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--jobs", type=int, default=1, help="models trained at the same time")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per run (default: as set)")
     parser.add_argument("--runs", default="runs/benchmark-vision", help="folder for the run folders")
     parser.add_argument("--results", default="runs/benchmark-vision/results.jsonl")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
@@ -114,19 +139,21 @@ def main() -> None:
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     done = load_results(results_path)
-    keys = []
-    for spec in specs:
-        key = run_key(spec, args, args.epochs)
-        keys.append(key)
-        if key in done:
-            continue
+    keys = [run_key(spec, args, args.epochs) for spec in specs]
+
+    def run_and_record(spec: str, key: str) -> None:
         print(f"running {key}", flush=True)
         row = run_one(spec, key, args.epochs, args)
         done[key] = row
-        with results_path.open("a") as fh:
+        with results_path.open("a") as fh:  # one write per line: concurrent runs append whole lines
             fh.write(json.dumps(row) + "\n")
-        print(f"  test top-1 {row['test_top1']:.4f}  {row['train_images_per_second']:.0f} train img/s  "
+        print(f"  {spec}: test top-1 {row['test_top1']:.4f}  {row['train_images_per_second']:.0f} train img/s  "
               f"{row['seconds']:.0f} s", flush=True)
+
+    todo = [(spec, key) for spec, key in zip(specs, keys, strict=True) if key not in done]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for future in [pool.submit(run_and_record, spec, key) for spec, key in todo]:
+            future.result()
     text = table([done[k] for k in keys], args.data)
     if args.limit_train or args.limit_eval:
         text += (f"\n\nQuick check, not a result: training on {args.limit_train or 'all'} images, validation and "

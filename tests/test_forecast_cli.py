@@ -112,3 +112,4 @@ def test_models_lists_forecasters(capsys: pytest.CaptureFixture) -> None:
 def test_parse_value() -> None:
     assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("true") is True
     assert parse_value("False") is False and parse_value("[1, 2]") == [1, 2] and parse_value("layer") == "layer"
+    assert parse_value("32,96,256") == [32, 96, 256] and parse_value("row, column") == ["row", "column"]

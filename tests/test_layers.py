@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambamixer.layers.attention import TransformerEncoderLayer
 from mambamixer.layers.channel_mixer import ChannelMixer
 from mambamixer.layers.mamba_mixer import MambaMixer
 from mambamixer.layers.s6 import S6, causal_depthwise_conv1d
@@ -155,3 +156,15 @@ def test_token_mixer_parameter_count():
     expected = d * 2 * d_inner + d_inner * d + 2 * per_scan
     mixer = TokenMixer(d, bidirectional=True, d_state=n)
     assert sum(p.numel() for p in mixer.parameters()) == expected
+
+
+def test_pre_norm_encoder_layer_follows_its_formula():
+    torch.manual_seed(0)
+    layer = TransformerEncoderLayer(16, 4, 32, dropout=0.0, norm_first=True).eval()
+    x = torch.randn(3, 5, 16)
+    h = x + layer.attn(layer.norm_attn(x))[0]
+    expected = h + layer.ffn(layer.norm_ffn(h))
+    torch.testing.assert_close(layer(x)[0], expected)
+    post = TransformerEncoderLayer(16, 4, 32, dropout=0.0).eval()
+    post.load_state_dict(layer.state_dict())
+    assert not torch.allclose(post(x)[0], expected)  # the default stays post-norm

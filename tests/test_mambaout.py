@@ -97,13 +97,13 @@ def test_features_only_strides_and_channels():
     assert isinstance(model.head, torch.nn.Identity)
     picked = create_model("mambaout_nano", features_only=True, out_indices=(1, -1)).eval()
     with torch.no_grad():
-        assert [tuple(m.shape) for m in picked(torch.randn(1, 3, 28, 28))] == [(1, 64, 7, 7), (1, 192, 7, 7)]
+        assert [tuple(m.shape) for m in picked(torch.randn(1, 3, 28, 28))] == [(1, 64, 7, 7), (1, 128, 7, 7)]
 
 
 def test_num_classes_zero_gives_pooled_features():
     model = create_model("mambaout_nano", num_classes=0).eval()
     with torch.no_grad():
-        assert model(torch.randn(2, 3, 28, 28)).shape == (2, 4 * 192)  # the MLP head's hidden width
+        assert model(torch.randn(2, 3, 28, 28)).shape == (2, 4 * 128)  # the MLP head's hidden width
 
 
 def test_save_and_load_round_trip_is_bit_exact(tmp_path):

@@ -87,7 +87,7 @@ def test_features_only_strides_and_channels():
     assert [tuple(m.shape) for m in maps] == [(1, 64, 16, 8), (1, 128, 8, 4), (1, 320, 4, 2), (1, 448, 2, 1)]
     small = nano(features_only=True, out_indices=(0, 2)).eval()
     with torch.no_grad():
-        assert [tuple(m.shape) for m in small(torch.randn(1, 1, 28, 28))] == [(1, 32, 14, 14), (1, 128, 7, 7)]
+        assert [tuple(m.shape) for m in small(torch.randn(1, 1, 28, 28))] == [(1, 32, 14, 14), (1, 96, 7, 7)]
 
 
 def test_vision_save_and_load_round_trip_is_bit_exact(tmp_path):

@@ -43,11 +43,14 @@ positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive numb
 
 
 def parse_value(text: str) -> Any:
-    """A --set value: JSON (numbers, true/false/null, lists) first, then Python literals, else a string."""
+    """A --set value: JSON (numbers, true/false/null, lists), a comma-separated list of those
+    (``dims=32,96,256``), Python's True/False/None, else the string itself."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         pass
+    if "," in text:
+        return [parse_value(part.strip()) for part in text.split(",")]
     return {"True": True, "False": False, "None": None}.get(text, text)
 
 

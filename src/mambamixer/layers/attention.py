@@ -1,9 +1,14 @@
-"""A small post-norm Transformer encoder, shared by the attention baselines (PatchTST, iTransformer).
+"""A small Transformer encoder, shared by the attention baselines (PatchTST, iTransformer, ViT).
 
-Both papers use the vanilla encoder layer
+The forecasting papers use the vanilla (post-norm) encoder layer
 
     x = norm(x + dropout(attention(x)))
     x = norm(x + dropout(W2 dropout(gelu(W1 x))))
+
+ViT uses the pre-norm layer (``norm_first=True``), closed by a final LayerNorm:
+
+    x = x + dropout(attention(norm(x)))
+    x = x + dropout(W2 dropout(gelu(W1 norm(x))))
 
 and differ only in where dropout sits, the norm (PatchTST: BatchNorm over tokens; iTransformer:
 LayerNorm plus a final LayerNorm) and PatchTST's residual attention (each layer adds the previous
@@ -83,7 +88,8 @@ class MultiheadSelfAttention(nn.Module):
 
 
 class TransformerEncoderLayer(nn.Module):
-    """Post-norm encoder layer with a GELU feed-forward, (batch, tokens, d_model) -> same."""
+    """Post-norm (or, with ``norm_first``, pre-norm) encoder layer with a GELU feed-forward, (batch, tokens,
+    d_model) -> same."""
 
     def __init__(
         self,
@@ -95,8 +101,10 @@ class TransformerEncoderLayer(nn.Module):
         proj_dropout: float = 0.0,
         norm: str = "layer",
         residual_scores: bool = False,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
+        self.norm_first = norm_first
         self.attn = MultiheadSelfAttention(d_model, n_heads, attn_dropout, proj_dropout, residual_scores)
         self.norm_attn = make_token_norm(norm, d_model)
         self.ffn = nn.Sequential(
@@ -106,6 +114,10 @@ class TransformerEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, prev_scores: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        if self.norm_first:
+            a, scores = self.attn(self.norm_attn(x), prev_scores)
+            x = x + self.dropout(a)
+            return x + self.dropout(self.ffn(self.norm_ffn(x))), scores
         a, scores = self.attn(x, prev_scores)
         x = self.norm_attn(x + self.dropout(a))
         x = self.norm_ffn(x + self.dropout(self.ffn(x)))
@@ -127,11 +139,12 @@ class TransformerEncoder(nn.Module):
         norm: str = "layer",
         residual_scores: bool = False,
         final_norm: bool = False,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             TransformerEncoderLayer(
-                d_model, n_heads, d_ff, dropout, attn_dropout, proj_dropout, norm, residual_scores
+                d_model, n_heads, d_ff, dropout, attn_dropout, proj_dropout, norm, residual_scores, norm_first
             )
             for _ in range(n_layers)
         )

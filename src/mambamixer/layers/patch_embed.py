@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -24,7 +25,9 @@ class PatchEmbed(nn.Module):
 class PatchMerging(nn.Module):
     """Swin's down-sampling: each 2x2 neighbourhood concatenated, LayerNorm, Linear 4 in_dim -> out_dim.
 
-    (batch, H, W, in_dim) -> (batch, H / 2, W / 2, out_dim). ``downsample=False`` keeps the grid and
+    (batch, H, W, in_dim) -> (batch, ceil(H / 2), ceil(W / 2), out_dim): an odd grid is first padded
+    with a zero row at the bottom and a zero column at the right, as Swin does (7x7 -> 4x4, the
+    28x28 path of the small-image sizes). ``downsample=False`` keeps the grid and
     only changes the width (LayerNorm, Linear in_dim -> out_dim): the small-image configurations use
     it so that a 28x28 image is not reduced below 7x7.
     """
@@ -38,9 +41,9 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.downsample:
+            if x.shape[1] % 2 or x.shape[2] % 2:
+                x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))  # (dim, W, H) pads, zeros
             batch, height, width, dim = x.shape
-            if height % 2 or width % 2:
-                raise ValueError(f"patch merging needs an even grid, got {height}x{width}")
             x = x.view(batch, height // 2, 2, width // 2, 2, dim)
             # channel order (row offset, column offset, dim): any fixed order works, the Linear learns it
             x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height // 2, width // 2, 4 * dim)

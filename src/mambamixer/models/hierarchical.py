@@ -8,7 +8,9 @@
 A family builds ``stem``, ``stages`` (an ``nn.ModuleList``), ``head`` and ``feature_info``
 (one ``{"num_chs", "reduction", "module"}`` per stage, as timm's ``feature_info``) and calls
 ``_init_backbone``; this class supplies the input checks, ``forward_features``, ``features_only``
-and ``out_indices``. Feature maps are returned channels-first (batch, C, H, W), the layout
+and ``out_indices``. A family whose down-sampling pads odd grids (ViM2's patch merging) sets
+``input_multiple`` to its stem's patch size: the image side must be a multiple of that only, and
+a stage's map is then ceil(side / reduction). Feature maps are returned channels-first (batch, C, H, W), the layout
 detection and segmentation necks expect.
 """
 
@@ -28,6 +30,7 @@ class HierarchicalBackbone(nn.Module):
     stages: nn.ModuleList
     head: nn.Module
     feature_info: list[dict[str, Any]]
+    input_multiple: int | None = None  # None: the total stride
 
     def _init_backbone(self, in_chans: int, features_only: bool, out_indices: Sequence[int]) -> None:
         n = len(self.stages)
@@ -53,9 +56,11 @@ class HierarchicalBackbone(nn.Module):
             raise ValueError(f"{type(self).__name__} was built for in_chans={self.in_chans}, got an image with "
                              f"{x.shape[1]} channels (batch, channels, height, width) = {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        if h % self.total_stride or w % self.total_stride:
-            raise ValueError(f"{type(self).__name__} needs a height and width divisible by its total stride "
-                             f"{self.total_stride}, got {h}x{w}; resize or pad the images, or pick the model's "
+        multiple = self.input_multiple or self.total_stride
+        if h % multiple or w % multiple:
+            what = "total stride" if self.input_multiple is None else "stem patch size"
+            raise ValueError(f"{type(self).__name__} needs a height and width divisible by its {what} "
+                             f"{multiple}, got {h}x{w}; resize or pad the images, or pick the model's "
                              f"small-image configuration")
 
     def forward_features(self, x: Tensor) -> list[Tensor]:

@@ -342,9 +342,9 @@ def simba_l(num_classes: int = 1000, in_chans: int = 3, features_only: bool = Fa
 @register_model(task="vision")
 def simba_nano(num_classes: int = 1000, in_chans: int = 3, features_only: bool = False,
                out_indices: Sequence[int] = (0, 1, 2, 3), **overrides) -> SiMBA:
-    """Small-image size (not in the paper): dims 32-64-128-192, depths 2-2-4-2, d_state 16, total stride
-    4 (strides 2-2-1-1), so 28x28 Fashion-MNIST runs at 14x14 then 7x7: 1.8M parameters at 10 classes."""
-    size = {"dims": (32, 64, 128, 192), "depths": (2, 2, 4, 2), "stem_hidden": 16, "strides": (2, 2, 1, 1),
+    """Small-image size (not in the paper): dims 32-64-96-128, depths 2-2-4-2, d_state 16, total stride
+    4 (strides 2-2-1-1), so 28x28 Fashion-MNIST runs at 14x14 then 7x7: 1.01M parameters at 10 classes."""
+    size = {"dims": (32, 64, 96, 128), "depths": (2, 2, 4, 2), "stem_hidden": 16, "strides": (2, 2, 1, 1),
             "d_state": 16}
     return _build_vision(size, num_classes, in_chans, features_only, out_indices, overrides)
 
