@@ -229,8 +229,8 @@ def test_config_is_the_single_source_of_a_model():
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1797 8x8 digits, normalised: (1797, 1, 8, 8) and labels (1797,). 8 is a multiple of the
-    small sizes' total stride 4, so they take the images as they are."""
+    """scikit-learn's 1797 8x8 digits, normalised: (1797, 1, 8, 8) and labels (1797,). The small sizes take
+    them as they are (grids 4x4, 2x2, 1x1)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

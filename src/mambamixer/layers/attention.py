@@ -5,16 +5,17 @@ The forecasting papers use the vanilla (post-norm) encoder layer
     x = norm(x + dropout(attention(x)))
     x = norm(x + dropout(W2 dropout(gelu(W1 x))))
 
-ViT uses the pre-norm layer (``norm_first=True``), closed by a final LayerNorm:
+ViT the pre-norm one (``norm_first=True``)
 
     x = x + dropout(attention(norm(x)))
     x = x + dropout(W2 dropout(gelu(W1 norm(x))))
 
-and differ only in where dropout sits, the norm (PatchTST: BatchNorm over tokens; iTransformer:
-LayerNorm plus a final LayerNorm) and PatchTST's residual attention (each layer adds the previous
-layer's pre-softmax scores, He et al. 2020 "RealFormer"): every difference is an argument here.
-Tokens are whatever the model chooses: patches of one variate (PatchTST) or whole variates
-(iTransformer); tensors are (batch, tokens, d_model) throughout.
+The two forecasting baselines differ only in where dropout sits, the norm (PatchTST: BatchNorm
+over tokens; iTransformer: LayerNorm plus a final LayerNorm) and PatchTST's residual attention
+(each layer adds the previous layer's pre-softmax scores, He et al. 2020 "RealFormer"): every
+difference is an argument here. Tokens are whatever the model chooses: patches of one variate
+(PatchTST), whole variates (iTransformer), image patches (ViT); tensors are (batch, tokens,
+d_model) throughout.
 """
 
 from __future__ import annotations
@@ -88,8 +89,7 @@ class MultiheadSelfAttention(nn.Module):
 
 
 class TransformerEncoderLayer(nn.Module):
-    """Post-norm (or, with ``norm_first``, pre-norm) encoder layer with a GELU feed-forward, (batch, tokens,
-    d_model) -> same."""
+    """Post-norm (``norm_first``: pre-norm) encoder layer, GELU feed-forward: (batch, tokens, d_model) -> same."""
 
     def __init__(
         self,

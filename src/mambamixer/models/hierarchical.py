@@ -9,9 +9,9 @@ A family builds ``stem``, ``stages`` (an ``nn.ModuleList``), ``head`` and ``feat
 (one ``{"num_chs", "reduction", "module"}`` per stage, as timm's ``feature_info``) and calls
 ``_init_backbone``; this class supplies the input checks, ``forward_features``, ``features_only``
 and ``out_indices``. A family whose down-sampling pads odd grids (ViM2's patch merging) sets
-``input_multiple`` to its stem's patch size: the image side must be a multiple of that only, and
-a stage's map is then ceil(side / reduction). Feature maps are returned channels-first (batch, C, H, W), the layout
-detection and segmentation necks expect.
+``input_multiple`` to its stem's patch size: the image sides need only be multiples of that, and
+a stage's map is then ceil(side / reduction) on a side. Feature maps are returned channels-first
+(batch, C, H, W), the layout detection and segmentation necks expect.
 """
 
 from __future__ import annotations
