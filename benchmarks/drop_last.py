@@ -18,9 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from mambamixer.data.forecast import load_forecast_data
-from mambamixer.tasks.common import load_run_checkpoint
-from mambamixer.tasks.forecast import _forward
+from mambamixer.tasks.forecast import load_forecast_run, predict_batch
 
 BATCH_SIZES = (32, 64, 128, 256)
 
@@ -28,13 +26,11 @@ BATCH_SIZES = (32, 64, 128, 256)
 @torch.no_grad()
 def window_errors(run_dir: Path, data_dir: str | None) -> tuple[dict, torch.Tensor]:
     """(run.json, per-window test MSE (n_windows,) in time order) of one run folder."""
-    _, net, run = load_run_checkpoint(run_dir, "forecast", "a forecasting run", ("data", "seq_len", "horizon"))
-    fd = load_forecast_data(run["data"], run["seq_len"], run["horizon"],
-                            data_dir=data_dir if data_dir is not None else run.get("data_dir"))  # fmt: skip
+    _, net, run, fd = load_forecast_run(run_dir, data_dir)
     net.eval()
     errors = []
     for batch in DataLoader(fd.test, batch_size=256, shuffle=False):
-        pred, y = _forward(net, batch)
+        pred, y = predict_batch(net, batch)
         errors.append((pred.float() - y).double().square().mean(dim=(1, 2)))
     return run, torch.cat(errors)
 

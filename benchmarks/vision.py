@@ -41,9 +41,13 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     return name, [kv for kv in rest.split(",") if kv]
 
 
+# Recipe changes passed on to every run: (classify flag, argument, tag in the run key).
+RECIPE_FLAGS = (("--lr", "lr", "lr"), ("--warmup-epochs", "warmup_epochs", "warmup"),
+                ("--batch-size", "batch_size", "batch"))
+
+
 def run_key(spec: str, args: argparse.Namespace, epochs: int) -> str:
-    recipe = "".join(f"/{name}{value}" for name, value in (("lr", args.lr), ("warmup", args.warmup_epochs),
-                                                           ("batch", args.batch_size)) if value is not None)
+    recipe = "".join(f"/{tag}{getattr(args, arg)}" for _, arg, tag in RECIPE_FLAGS if getattr(args, arg) is not None)
     return (f"{spec}/{args.data}/e{epochs}/s{args.seed}/train{args.limit_train or 'all'}/"
             f"eval{args.limit_eval or 'all'}/{'bf16' if args.bf16 else 'fp32'}"
             f"{'/noaug' if args.no_augment else ''}{recipe}")
@@ -63,17 +67,12 @@ def run_one(spec: str, key: str, epochs: int, args: argparse.Namespace) -> dict:
            str(epochs), "--seed", str(args.seed), "--out", str(out), "--quiet"]
     for kv in overrides:
         cmd += ["--set", kv]
-    for flag, value in (("--data-dir", args.data_dir), ("--limit-train", args.limit_train),
-                        ("--limit-eval", args.limit_eval)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    if args.bf16:
-        cmd.append("--bf16")
-    if args.no_augment:
-        cmd.append("--no-augment")
-    for flag, value in (("--lr", args.lr), ("--warmup-epochs", args.warmup_epochs), ("--batch-size", args.batch_size)):
-        if value is not None:
-            cmd += [flag, str(value)]
+    valued = [("--data-dir", "data_dir"), ("--limit-train", "limit_train"), ("--limit-eval", "limit_eval"),
+              *((flag, arg) for flag, arg, _ in RECIPE_FLAGS)]
+    for flag, arg in valued:
+        if getattr(args, arg) is not None:
+            cmd += [flag, str(getattr(args, arg))]
+    cmd += [flag for flag, on in (("--bf16", args.bf16), ("--no-augment", args.no_augment)) if on]
     env = dict(os.environ)
     if args.threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from mambamixer.data.forecast import load_forecast_data
+from mambamixer.data.forecast import ForecastData, load_forecast_data
 from mambamixer.io import atomic_write_json
 from mambamixer.models.registry import create_model, model_task
 from mambamixer.tasks.common import (
@@ -88,14 +88,15 @@ def default_out(model: str, data: str, seq_len: int, horizon: int) -> Path:
     return Path("runs") / f"forecast-{model}-{data_label(data)}-{seq_len}-{horizon}"
 
 
-def _forward(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_batch(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, target), both (batch, horizon, n_vars), of one batch ``(x, y, x_mark, y_mark)``."""
     x, y, x_mark, y_mark = batch
     return model(x, x_mark, y_mark), y
 
 
 def forecast_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """Mean squared error of one batch ``(x, y, x_mark, y_mark)`` already on the model's device."""
-    pred, y = _forward(model, batch)
+    pred, y = predict_batch(model, batch)
     return F.mse_loss(pred, y)
 
 
@@ -121,7 +122,7 @@ def forecast_errors(model: nn.Module, dataset: Dataset, batch_size: int = DEFAUL
     values = windows = 0
     for batch in loader:
         batch = [t.to(device) for t in batch]
-        pred, y = _forward(model, batch)
+        pred, y = predict_batch(model, batch)
         diff = (pred.float() - y).double()
         sq += diff.square().sum().item()
         ab += diff.abs().sum().item()
@@ -294,6 +295,18 @@ def run_forecast(
     return distributed.broadcast_object(metrics, ctx)  # rank 0's figures (timings, memory) on every rank
 
 
+def load_forecast_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None
+                      ) -> tuple[Path, nn.Module, dict[str, Any], ForecastData]:  # fmt: skip
+    """A finished run's ``(checkpoint folder, model, run.json, ForecastData)``: the model from its
+    checkpoint, the data it was trained on (from ``data_dir``, default the run's own folder)."""
+    ckpt, net, run = load_run_checkpoint(run_dir, "forecast", "a forecasting run", ("data", "seq_len", "horizon"))
+    fd = load_forecast_data(run["data"], run["seq_len"], run["horizon"],
+                            data_dir=data_dir if data_dir is not None else run.get("data_dir"))
+    if fd.n_vars != getattr(net.config, "n_vars", fd.n_vars):
+        raise ValueError(f"the data has {fd.n_vars} variates, the checkpoint expects {net.config.n_vars}")
+    return ckpt, net, run, fd
+
+
 def evaluate_forecast(
     run_dir: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
@@ -305,13 +318,9 @@ def evaluate_forecast(
     ``run_dir`` is a run folder (holding ``checkpoint/``) or a checkpoint folder itself;
     ``data_dir`` defaults to the one the run used.
     """
-    ckpt, net, run = load_run_checkpoint(run_dir, "forecast", "a forecasting run", ("data", "seq_len", "horizon"))
+    ckpt, net, run, fd = load_forecast_run(run_dir, data_dir)
     dev = pick_device(device)
     net.to(dev)
-    fd = load_forecast_data(run["data"], run["seq_len"], run["horizon"],
-                            data_dir=data_dir if data_dir is not None else run.get("data_dir"))
-    if fd.n_vars != getattr(net.config, "n_vars", fd.n_vars):
-        raise ValueError(f"the data has {fd.n_vars} variates, the checkpoint expects {net.config.n_vars}")
     bs = batch_size or run.get("training", {}).get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)
     test = forecast_errors(net, fd.test, bs, dev)
     result: dict[str, Any] = {
@@ -330,5 +339,5 @@ def evaluate_forecast(
     return result
 
 
-__all__ = ["TRAINING_DEFAULTS", "evaluate_forecast", "forecast_errors", "forecast_loss", "run_forecast",
-           "training_defaults"]
+__all__ = ["TRAINING_DEFAULTS", "evaluate_forecast", "forecast_errors", "forecast_loss", "load_forecast_run",
+           "predict_batch", "run_forecast", "training_defaults"]
