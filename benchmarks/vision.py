@@ -43,7 +43,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
 # Recipe changes passed on to every run: (classify flag, argument, tag in the run key).
 RECIPE_FLAGS = (("--lr", "lr", "lr"), ("--warmup-epochs", "warmup_epochs", "warmup"),
-                ("--batch-size", "batch_size", "batch"))
+                ("--batch-size", "batch_size", "batch"), ("--augment", "augment", "aug"))
 
 
 def run_key(spec: str, args: argparse.Namespace, epochs: int) -> str:
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     parser.add_argument("--warmup-epochs", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--augment", default=None, help="classify's --augment spec, e.g. flip (default: the recipe's)")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at the same time")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads per run (default: as set)")
     parser.add_argument("--runs", default="runs/benchmark-vision", help="folder for the run folders")

@@ -79,8 +79,10 @@ def test_image_folder_run(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "pets", n=8, size=(8, 8))
     out = tmp_path / "run"
     assert main(["classify", "--model", "vit_test", "--data", str(root), "--epochs", "1", "--out", str(out),
-                 "--quiet", "--bf16", "--set", "patch_size=2"]) == 0
+                 "--quiet", "--bf16", "--set", "patch_size=2", "--augment", "flip,crop=1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    augment = metrics["run"]["augment"]
+    assert (augment["hflip"], augment["crop_padding"], augment["erase_prob"]) == (True, 1, 0.0)
     assert metrics["run"]["in_chans"] == 3 and metrics["run"]["classes"] == ["cat", "dog"]
     assert metrics["run"]["training"]["bf16"] is True and math.isfinite(metrics["test_loss"])
     assert evaluate_classify(out)["test_top1"] == metrics["test_top1"]
@@ -107,6 +109,8 @@ def three_channel_model(monkeypatch: pytest.MonkeyPatch) -> str:
         ({"--model": "vit_test", "--img-size": "10"}, "multiple of patch_size"),
         ({"--model": "rgb_only_test"}, "cannot take the digits images (1 channels"),
         ({"--epochs": "0"}, "positive integer"),
+        ({"--augment": "flip,rotate=10"}, "unknown augmentation 'rotate=10'"),
+        ({"--augment": "flip", "--no-augment": None}, "--no-augment contradicts --augment flip"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(change: dict[str, str], message: str, tmp_path: Path,

@@ -18,7 +18,15 @@ import torch
 from image_helpers import make_folder, write_png
 
 from mambamixer.data import images as image_data
-from mambamixer.data.augment import ImageTransform, default_augment, random_crop, random_erase, random_hflip
+from mambamixer.data.augment import (
+    AugmentConfig,
+    ImageTransform,
+    default_augment,
+    parse_augment,
+    random_crop,
+    random_erase,
+    random_hflip,
+)
 from mambamixer.data.images import (
     BatchLoader,
     IdxFile,
@@ -295,3 +303,13 @@ def test_augmentation_ops() -> None:
     assert out.shape == (4, 1, 16, 16)
     assert torch.allclose(out, torch.full_like(out, (128 / 255 - 0.5) / 0.25), atol=1e-5)
     assert transform(images, train=True).shape == (4, 1, 16, 16)
+
+
+def test_parse_augment() -> None:
+    assert parse_augment("flip,crop=2", "fashion-mnist", 28) == AugmentConfig(hflip=True, crop_padding=2)
+    assert parse_augment(" Flip , erase=0.5", "x", 28) == AugmentConfig(hflip=True, erase_prob=0.5)
+    assert parse_augment("none", "x", 28) is None
+    assert parse_augment("default", "cifar10", 32) == default_augment("cifar10", 32)
+    for bad in ("rotate", "crop", "crop=two", "flip=1", "erase=2"):
+        with pytest.raises(ValueError, match="augmentation|erase_prob"):
+            parse_augment(bad, "x", 28)

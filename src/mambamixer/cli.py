@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=positive_int, default=None, help="resize images to N x N (default: as stored)")
     p.add_argument("--label-smoothing", type=float, default=None)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward passes")
-    p.add_argument("--no-augment", action="store_true", help="no random crops, flips or erasing")
+    p.add_argument("--augment", default=None, metavar="SPEC",
+                   help="training augmentation: default (the dataset's recipe), none, or a comma list of flip, "
+                        "crop=PIXELS, erase=PROB (e.g. flip,crop=2)")
+    p.add_argument("--no-augment", action="store_true", help="no random crops, flips or erasing (--augment none)")
     p.add_argument("--limit-train", type=positive_int, default=None,
                    help="train on a seeded subset of N training images (quick checks)")
     p.add_argument("--limit-eval", type=positive_int, default=None,
@@ -159,10 +162,18 @@ def _classify(args: argparse.Namespace) -> int:
         seed=args.seed, data_dir=args.data_dir, out=args.out, img_size=args.img_size, quiet=args.quiet,
         model_overrides=dict(args.overrides or []), weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
-        patience=args.patience, bf16=args.bf16, augment=not args.no_augment, limit_train=args.limit_train,
+        patience=args.patience, bf16=args.bf16, augment=_augment_choice(args), limit_train=args.limit_train,
         limit_eval=args.limit_eval, resume=args.resume,
     )
     return 0
+
+
+def _augment_choice(args: argparse.Namespace) -> bool | str:
+    if args.no_augment and args.augment not in (None, "none"):
+        raise ValueError(f"--no-augment contradicts --augment {args.augment}")
+    if args.no_augment:
+        return False
+    return args.augment or True
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["AugmentConfig", "ImageTransform", "default_augment", "random_crop", "random_erase", "random_hflip"]
+__all__ = ["AugmentConfig", "ImageTransform", "default_augment", "parse_augment", "random_crop", "random_erase",
+           "random_hflip"]
 
 
 @dataclass
@@ -41,6 +42,31 @@ def default_augment(dataset: str, img_size: int) -> AugmentConfig:
     """The recipe's augmentation: crop padding img_size // 8; flips and erasing except on digits and MNIST."""
     digits = dataset in ("digits", "mnist")
     return AugmentConfig(crop_padding=max(1, img_size // 8), hflip=not digits, erase_prob=0.0 if digits else 0.25)
+
+
+def parse_augment(spec: str, dataset: str, img_size: int) -> AugmentConfig | None:
+    """``"flip,crop=2"`` -> AugmentConfig(hflip=True, crop_padding=2); ``"none"`` -> None; ``"default"`` -> recipe."""
+    spec = spec.strip().lower()
+    if spec == "default":
+        return default_augment(dataset, img_size)
+    if spec in ("none", ""):
+        return None
+    fields: dict[str, Any] = {}
+    for item in spec.split(","):
+        key, eq, value = item.strip().partition("=")
+        try:
+            if key == "flip" and not eq:
+                fields["hflip"] = True
+            elif key == "crop" and eq:
+                fields["crop_padding"] = int(value)
+            elif key == "erase" and eq:
+                fields["erase_prob"] = float(value)
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"unknown augmentation {item.strip()!r} in {spec!r}; expected default, none, or a "
+                             "comma list of flip, crop=PIXELS, erase=PROB") from None
+    return AugmentConfig(**fields)
 
 
 def random_crop(x: Tensor, padding: int) -> Tensor:

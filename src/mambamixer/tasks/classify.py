@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mambamixer.data.augment import AugmentConfig, ImageTransform, default_augment
+from mambamixer.data.augment import AugmentConfig, ImageTransform, default_augment, parse_augment
 from mambamixer.data.images import (
     VAL_FRACTION,
     BatchLoader,
@@ -279,7 +279,7 @@ def run_classify(
     grad_clip: float | None = None,
     patience: int | None = None,
     bf16: bool = False,
-    augment: bool | AugmentConfig = True,
+    augment: bool | str | AugmentConfig = True,
     val_fraction: float = VAL_FRACTION,
     limit_train: int | None = None,
     limit_eval: int | None = None,
@@ -291,7 +291,8 @@ def run_classify(
 
     ``data``: digits, mnist, fashion-mnist, cifar10, cifar100, or an ImageFolder path.
     ``img_size`` resizes the images (default: their own size). ``augment``: True for the
-    dataset's default (``default_augment``), False for none, or an ``AugmentConfig``.
+    dataset's default (``default_augment``), False for none, an ``AugmentConfig``, or a spec string
+    of ``parse_augment`` ("flip,crop=2").
     ``patience=0`` or None runs every epoch. ``limit_train`` / ``limit_eval`` keep seeded subsets
     of the training / the validation and test images (quick checks). ``batch_size`` is the global batch
     of one optimiser step (split over the processes under ``torchrun``). ``resume=True`` continues the
@@ -343,6 +344,8 @@ def run_classify(
     size = _image_size(ds, img_size)
     if augment is True:
         aug: AugmentConfig | None = default_augment(dataset_name(data) or "folder", size)
+    elif isinstance(augment, str):
+        aug = parse_augment(augment, dataset_name(data) or "folder", size)
     else:
         aug = augment or None
     transform = ImageTransform(ds.mean, ds.std, img_size=size, augment=aug)
