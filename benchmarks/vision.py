@@ -4,6 +4,7 @@
     python benchmarks/vision.py --models resnet_small vit_small --epochs 5
     python benchmarks/vision.py --epochs 1 --limit-train 512 --limit-eval 1000   # a quick check only
     python benchmarks/vision.py --jobs 2 --threads 1 --bf16   # two runs at a time, one thread each
+    python benchmarks/vision.py --procs 2 --threads 1 --bf16  # one run at a time on two DDP processes
 
 A model is a registered name, optionally followed by config overrides:
 ``vim2_femto:switch_of_scans=true`` is ViM2 with Switch of Scans. Each model runs
@@ -11,7 +12,8 @@ A model is a registered name, optionally followed by config overrides:
 ``mambamixer.tasks.classify.RECIPE`` and ``--epochs`` for all; its metrics.json is collected into
 ``--results`` (JSON lines; finished runs are skipped when re-run, so an interrupted benchmark
 resumes). ``--jobs N`` runs N models at a time, each with ``--threads`` intra-op threads (torch and
-numba), so a 2-core machine trains two models at once at one thread each. The Markdown table
+numba), so a 2-core machine trains two models at once at one thread each; ``--procs N`` trains each
+model on N processes under ``torchrun`` (DDP, the global batch split over them). The Markdown table
 printed at the end has test top-1/top-5, parameters, train (forward+backward) and inference images
 per second, peak memory and time, with the published Fashion-MNIST accuracies of the data README
 below ours.
@@ -50,7 +52,7 @@ def run_key(spec: str, args: argparse.Namespace, epochs: int) -> str:
     recipe = "".join(f"/{tag}{getattr(args, arg)}" for _, arg, tag in RECIPE_FLAGS if getattr(args, arg) is not None)
     return (f"{spec}/{args.data}/e{epochs}/s{args.seed}/train{args.limit_train or 'all'}/"
             f"eval{args.limit_eval or 'all'}/{'bf16' if args.bf16 else 'fp32'}"
-            f"{'/noaug' if args.no_augment else ''}{recipe}")
+            f"{'/noaug' if args.no_augment else ''}{recipe}{f'/p{args.procs}' if args.procs > 1 else ''}")
 
 
 def load_results(path: Path) -> dict[str, dict]:
@@ -63,8 +65,10 @@ def load_results(path: Path) -> dict[str, dict]:
 def run_one(spec: str, key: str, epochs: int, args: argparse.Namespace) -> dict:
     name, overrides = parse_spec(spec)
     out = Path(args.runs) / key.replace("/", "-").replace(":", "-").replace(",", "-")
-    cmd = [sys.executable, "-m", "mambamixer", "classify", "--model", name, "--data", args.data, "--epochs",
-           str(epochs), "--seed", str(args.seed), "--out", str(out), "--quiet"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.procs}"]
+    python = [*launcher, "-m"] if args.procs > 1 else [sys.executable, "-m"]
+    cmd = [*python, "mambamixer", "classify", "--model", name, "--data", args.data, "--epochs", str(epochs),
+           "--seed", str(args.seed), "--out", str(out), "--quiet"]
     for kv in overrides:
         cmd += ["--set", kv]
     valued = [("--data-dir", "data_dir"), ("--limit-train", "limit_train"), ("--limit-eval", "limit_eval"),
@@ -121,7 +125,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--augment", default=None, help="classify's --augment spec, e.g. flip (default: the recipe's)")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at the same time")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per run (default: as set)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per process (default: as set)")
+    parser.add_argument("--procs", type=int, default=1, help="DDP processes per run (torchrun; default 1: none)")
     parser.add_argument("--runs", default="runs/benchmark-vision", help="folder for the run folders")
     parser.add_argument("--results", default="runs/benchmark-vision/results.jsonl")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
