@@ -65,9 +65,10 @@ def load_results(path: Path) -> dict[str, dict]:
 def run_one(spec: str, key: str, epochs: int, args: argparse.Namespace) -> dict:
     name, overrides = parse_spec(spec)
     out = Path(args.runs) / key.replace("/", "-").replace(":", "-").replace(",", "-")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.procs}"]
-    python = [*launcher, "-m"] if args.procs > 1 else [sys.executable, "-m"]
-    cmd = [*python, "mambamixer", "classify", "--model", name, "--data", args.data, "--epochs", str(epochs),
+    launcher = [sys.executable, "-m"]
+    if args.procs > 1:
+        launcher += ["torch.distributed.run", "--standalone", f"--nproc-per-node={args.procs}", "-m"]
+    cmd = [*launcher, "mambamixer", "classify", "--model", name, "--data", args.data, "--epochs", str(epochs),
            "--seed", str(args.seed), "--out", str(out), "--quiet"]
     for kv in overrides:
         cmd += ["--set", kv]

@@ -11,6 +11,7 @@ from torch import nn
 
 from mambamixer.layers.attention import TransformerEncoderLayer
 from mambamixer.layers.channel_mixer import ChannelMixer
+from mambamixer.layers.depthwise_conv import DepthwiseConv2d
 from mambamixer.layers.mamba_mixer import MambaMixer
 from mambamixer.layers.s6 import S6, causal_depthwise_conv1d
 from mambamixer.layers.scan_order import ORDERS_1D, ORDERS_2D, ScanOrder
@@ -168,3 +169,18 @@ def test_pre_norm_encoder_layer_follows_its_formula():
     post = TransformerEncoderLayer(16, 4, 32, dropout=0.0).eval()
     post.load_state_dict(layer.state_dict())
     assert not torch.allclose(post(x)[0], expected)  # the default stays post-norm
+
+
+def test_depthwise_conv_weight_strides_match_its_gradient():
+    """Fed a channels-last view, as the vision mixers do, the weight gradient has the weight's strides
+    (else DDP warns and copies each step); values and state dict are nn.Conv2d's."""
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(6, 3)
+    plain = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 5, 4, 6).permute(0, 3, 1, 2)  # (batch, C, H, W) view of channels-last memory
+    y = conv(x)
+    torch.testing.assert_close(y, plain(x))
+    y.square().sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride() and conv.weight.is_contiguous()
+    assert set(conv.state_dict()) == {"weight", "bias"}

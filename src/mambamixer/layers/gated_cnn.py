@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambamixer.layers.depthwise_conv import DepthwiseConv2d
 from mambamixer.layers.drop_path import DropPath
 
 
@@ -43,8 +44,7 @@ class GatedCNNBlock(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.fc1 = nn.Linear(dim, 2 * hidden)
         self.split = (hidden, hidden - conv_channels, conv_channels)
-        self.conv = nn.Conv2d(conv_channels, conv_channels, kernel_size, padding=kernel_size // 2,
-                              groups=conv_channels)
+        self.conv = DepthwiseConv2d(conv_channels, kernel_size)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop_path = DropPath(drop_path)
 

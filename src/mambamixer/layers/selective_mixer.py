@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambamixer.layers.depthwise_conv import DepthwiseConv2d
 from mambamixer.layers.qs_s6 import QSS6, quasi_separable_scan
 from mambamixer.layers.s6 import S6, causal_depthwise_conv1d
 from mambamixer.layers.scan_order import ScanOrder
@@ -81,13 +82,7 @@ class SelectiveMixer(nn.Module):
         width = channel_group or self.d_inner  # features per step of the S6
         dt_rank = dt_rank or math.ceil((channel_group or d_model) / 16)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        self.conv2d = nn.Conv2d(width, width, d_conv, padding=d_conv // 2, groups=width) if conv_2d else None
-        if self.conv2d is not None:
-            # It sees channels-last activations, so its weight gradient (width, 1, k, k) comes back with
-            # channels-last strides; give the weight the same (identical memory: only the size-1 dim's
-            # stride differs), else DDP warns that grad and bucket strides differ and copies every step.
-            weight = self.conv2d.weight.data
-            self.conv2d.weight.data = torch.empty_like(weight, memory_format=torch.channels_last).copy_(weight)
+        self.conv2d = DepthwiseConv2d(width, d_conv) if conv_2d else None
         self.convs = None  # one causal conv per scan order, run in that order's direction
         if not conv_2d and d_conv > 0:
             self.convs = nn.ModuleList(nn.Conv1d(width, width, d_conv, groups=width) for _ in self.orders)

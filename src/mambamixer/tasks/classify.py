@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mambamixer.data.augment import AugmentConfig, ImageTransform, default_augment, parse_augment
+from mambamixer.data.augment import AugmentConfig, ImageTransform, parse_augment
 from mambamixer.data.images import (
     VAL_FRACTION,
     BatchLoader,
@@ -342,10 +342,8 @@ def run_classify(
     ds = load_image_data(data, data_dir=data_dir, img_size=img_size, val_fraction=val_fraction,
                          limit_train=limit_train, limit_eval=limit_eval)
     size = _image_size(ds, img_size)
-    if augment is True:
-        aug: AugmentConfig | None = default_augment(dataset_name(data) or "folder", size)
-    elif isinstance(augment, str):
-        aug = parse_augment(augment, dataset_name(data) or "folder", size)
+    if augment is True or isinstance(augment, str):
+        aug = parse_augment("default" if augment is True else augment, dataset_name(data) or "folder", size)
     else:
         aug = augment or None
     transform = ImageTransform(ds.mean, ds.std, img_size=size, augment=aug)
