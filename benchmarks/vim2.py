@@ -87,27 +87,36 @@ def flops_table(args: argparse.Namespace) -> None:
 
 
 def speed_table(args: argparse.Namespace) -> None:
-    print(f"threads: torch {torch.get_num_threads()}")
-    print("| model | params | train img/s (wall) | train img per CPU-second |")
-    print("| --- | --- | --- | --- |")
+    device = torch.device(args.device)
+    print(f"device: {device}, threads: torch {torch.get_num_threads()}, bf16: {args.bf16}, "
+          f"batch {args.batch} at {args.size}x{args.size}, {args.in_chans} channel(s)")
+    print("| model | params | train img/s (wall) | train img per CPU-second | peak GPU MiB |")
+    print("| --- | --- | --- | --- | --- |")
     for spec in args.models or SPEED:
         torch.manual_seed(0)
-        model = build(spec, num_classes=10, in_chans=1)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        model = build(spec, num_classes=10, in_chans=args.in_chans).to(device)
         optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        x, y = torch.randn(args.batch, 1, args.size, args.size), torch.randint(0, 10, (args.batch,))
+        x = torch.randn(args.batch, args.in_chans, args.size, args.size, device=device)
+        y = torch.randint(0, 10, (args.batch,), device=device)
         walls, cpus = [], []
         for step in range(args.steps + 1):
             w, c = time.perf_counter(), time.process_time()
-            loss = F.cross_entropy(model(x), y) + model.aux_loss()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss = F.cross_entropy(model(x), y) + model.aux_loss()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             if step:  # the first step compiles and allocates
                 walls.append(time.perf_counter() - w)
                 cpus.append(time.process_time() - c)
         params = sum(p.numel() for p in model.parameters())
+        peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
         print(f"| {spec} | {params:,} | {args.batch / statistics.median(walls):.0f} | "
-              f"{args.batch / statistics.median(cpus):.0f} |", flush=True)
+              f"{args.batch / statistics.median(cpus):.0f} | {peak} |", flush=True)
 
 
 def main() -> None:
@@ -115,16 +124,18 @@ def main() -> None:
     parser.add_argument("what", choices=["flops", "speed"])
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--size", type=int, default=None, help="image size (224 for flops, 28 for speed)")
-    parser.add_argument("--in-chans", type=int, default=3)
+    parser.add_argument("--in-chans", type=int, default=None, help="default: 3 for flops, 1 for speed")
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="speed: cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="speed: bfloat16 autocast")
     args = parser.parse_args()
     if args.what == "flops":
-        args.size = args.size or 224
+        args.size, args.in_chans = args.size or 224, args.in_chans or 3
         flops_table(args)
     else:
-        args.size = args.size or 28
+        args.size, args.in_chans = args.size or 28, args.in_chans or 1
         speed_table(args)
 
 

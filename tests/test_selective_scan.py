@@ -73,6 +73,25 @@ def test_backend_matches_reference_float32(backend, case, reverse):
         torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
+@pytest.mark.parametrize("groups", [None, 2])
+def test_chunked_scan_cuts_a_large_batch_into_pieces(monkeypatch, groups):
+    """A chunk over the element budget is scanned piece by piece along the batch, with the same result."""
+    import mambamixer.ops.scan_chunked as chunked
+
+    calls = []
+    original = chunked._chunk
+    monkeypatch.setattr(chunked, "_chunk", lambda *a: calls.append(a[1].shape[0]) or original(*a))
+    inputs = make_inputs(7, 4, 20, 8, groups=groups)
+    ref_out, ref_last = _run("reference", inputs)
+    out, last = chunked.selective_scan_chunked(**inputs, delta_softplus=True, return_last_state=True,
+                                               chunk_size=8, max_chunk_elements=3 * 4 * 8 * 8)  # fmt: skip
+    assert sorted(set(calls)) == [1, 3]  # pieces of 3, 3 and 1 rows, three chunks each
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last, ref_last, rtol=1e-4, atol=1e-4)
+    for got, want in zip(_grads(out, last, inputs), _grads(ref_out, ref_last, inputs), strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4)
+
+
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_backend_matches_reference_float64_exactly(backend):
     inputs = make_inputs(2, 4, 40, 8, groups=2, dtype=torch.float64)

@@ -40,7 +40,8 @@ def test_time_head_is_a_linear_map_from_lookback_to_horizon():
 
 def test_lookback_512_configuration():
     model = create_model("tsm2_512", horizon=96, n_vars=7, d_model=16)
-    assert model.config.seq_len == 512 and model.config.n_patches == 64
+    assert model.config.seq_len == 512 and model.config.n_patches == 33  # patches of 16 at stride 16, padded
+    assert create_model("tsm2_512", horizon=96, n_vars=7, stride=8).config.n_patches == 64
     assert model(torch.randn(2, 512, 7)).shape == (2, 96, 7)
 
 
@@ -88,3 +89,12 @@ def test_bad_inputs_raise_clear_errors():
 def test_short_training_lowers_validation_loss_on_etth1(shared_data):
     before, after = etth1_validation_losses("tsm2", shared_data, d_model=32)
     assert after < 0.85 * before, (before, after)
+
+
+def test_training_defaults_per_lookback():
+    from mambamixer.tasks.forecast import FALLBACK_DEFAULTS, training_defaults
+
+    assert training_defaults("tsm2")["lr"] == 2e-4
+    assert training_defaults("tsm2_512")["lr"] == 1e-4  # its own entry (docs/tsm2.md, lookback-512 grid search)
+    assert training_defaults("tsm2_512")["epochs"] == training_defaults("tsm2")["epochs"]
+    assert training_defaults("not_registered")["lr"] == FALLBACK_DEFAULTS["lr"]

@@ -13,10 +13,12 @@ from torch import Tensor
 
 
 def prepare_scan_inputs(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, delta_bias: Tensor | None, delta_softplus: bool
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, delta_bias: Tensor | None, delta_softplus: bool,
+    expand_groups: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Upcast (float32, or float64 for float64 inputs), activate delta, and expand B and C per
-    channel: returns u, delta (batch, d_inner, length), A, and B, C (batch, d_inner, d_state, length).
+    """Upcast (float32, or float64 for float64 inputs), activate delta, and give B and C a group
+    axis: returns u, delta (batch, d_inner, length), A, and B, C (batch, d_inner, d_state, length)
+    expanded per channel, or (batch, groups, d_state, length) with ``expand_groups=False``.
     """
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
@@ -24,12 +26,12 @@ def prepare_scan_inputs(
         delta = delta + delta_bias.to(compute)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    d_inner = u.shape[1]
     B = B.unsqueeze(1) if B.dim() == 3 else B  # one B for all channels: (batch, 1, d_state, length)
     C = C.unsqueeze(1) if C.dim() == 3 else C
-    # Expanded views (no copies): channel d reads group d // (d_inner // groups), as in mamba_ssm.
-    B = repeat(B, "b g n l -> b (g h) n l", h=d_inner // B.shape[1])
-    C = repeat(C, "b g n l -> b (g h) n l", h=d_inner // C.shape[1])
+    if expand_groups:  # channel d reads group d // (d_inner // groups), as in mamba_ssm (a copy when groups > 1)
+        d_inner = u.shape[1]
+        B = repeat(B, "b g n l -> b (g h) n l", h=d_inner // B.shape[1])
+        C = repeat(C, "b g n l -> b (g h) n l", h=d_inner // C.shape[1])
     return u, delta, A, B, C
 
 

@@ -63,6 +63,9 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     # TSM2: AdamW 2e-4, cosine, 8 epochs, batch 64 (a first sweep on ETTh1-96, docs/tsm2.md).
     "tsm2": {"optimizer": "adamw", "lr": 2e-4, "schedule": "cosine", "epochs": 8, "batch_size": 64,
              "patience": 3, "weight_decay": 0.01},
+    # TSM2 at lookback 512: the same with lr 1e-4 (the lookback-512 grid search, docs/tsm2.md).
+    "tsm2_512": {"optimizer": "adamw", "lr": 1e-4, "schedule": "cosine", "epochs": 8, "batch_size": 64,
+                 "patience": 3, "weight_decay": 0.01},
     # SiMBA: AdamW 5e-4, cosine, 10 epochs, batch 64 (best validation MSE of an lr sweep on ETTh1-96,
     # docs/mambaout_simba.md).
     "simba": {"optimizer": "adamw", "lr": 5e-4, "schedule": "cosine", "epochs": 10, "batch_size": 64,
@@ -78,7 +81,7 @@ def training_defaults(model: str) -> dict[str, Any]:
     base = {"optimizer": "adamw", "lr": 1e-3, "schedule": "constant", "epochs": 10, "batch_size": 32,
             "patience": None, "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None}
     entry = TRAINING_DEFAULTS.get(model)
-    if entry is None:  # a size of a known family ("tsm2_512") takes the family's defaults
+    if entry is None:  # a size of a known family ("tsm2_xyz") without its own entry takes the family's
         family = [k for k in TRAINING_DEFAULTS if model.startswith(k + "_")]
         entry = TRAINING_DEFAULTS[max(family, key=len)] if family else FALLBACK_DEFAULTS
     return {**base, **entry}
