@@ -65,13 +65,18 @@ def command(model: str, data: str, seq_len: int, horizon: int, config: dict[str,
 
 
 def run_one(cmd: list[str], out: Path, threads: int) -> dict:
+    """The run's metrics, or ``{"error": ...}`` (recorded, and tried again by the next sweep)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads)}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
-    m = json.loads((out / "metrics.json").read_text())
-    keys = ("test_mse", "test_mae", "val_mse", "val_mae", "n_params", "seconds_per_epoch", "epochs_run", "best_epoch")
-    return {k: m[k] for k in keys} | {"device": m["run"]["device"]}
+    try:
+        m = json.loads((out / "metrics.json").read_text())
+        keys = ("test_mse", "test_mae", "val_mse", "val_mae", "n_params", "seconds_per_epoch", "epochs_run",
+                "best_epoch")  # fmt: skip
+        return {k: m[k] for k in keys} | {"device": m["run"]["device"]}
+    except (OSError, ValueError, KeyError) as err:
+        return {"error": f"unreadable metrics.json in {out}: {err}"}
 
 
 def table(rows: list[dict]) -> str:
@@ -91,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", default="ETTh1")
-    parser.add_argument("--seq-len", type=int, default=96)
+    parser.add_argument("--seq-len", type=int, default=None, help="default: the model's own (tsm2_512: 512)")
     parser.add_argument("--horizons", nargs="+", type=int, default=[96])
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="one axis of the grid")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
@@ -103,6 +108,10 @@ def main() -> None:
     args = parser.parse_args()
 
     configs = combinations([parse_axis(a) for a in args.grid])
+    if args.seq_len is None:
+        from mambamixer.tasks.forecast import default_seq_len
+
+        args.seq_len = default_seq_len(args.model)
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     done = {}
@@ -111,10 +120,11 @@ def main() -> None:
             if line.strip():
                 row = json.loads(line)
                 done[row["key"]] = row
-    todo = []
+    todo, grid_keys = [], set()
     for horizon in args.horizons:
         for config in configs:
             key = run_key(args.model, args.data, args.seq_len, horizon, config)
+            grid_keys.add(key)
             if key not in done or "error" in done[key]:  # failed runs are tried again
                 out = Path(args.runs) / hashlib.sha1(key.encode()).hexdigest()[:12]
                 todo.append((key, horizon, config, out))
@@ -134,9 +144,7 @@ def main() -> None:
             summary = row.get("error") or f"val {row['val_mse']:.4f} test {row['test_mse']:.4f}"
             print(f"[{n}/{len(todo)} {time.time() - start:.0f}s] {key}: {summary}", flush=True)
 
-    rows = [r for r in done.values() if r["model"] == args.model and r["data"] == args.data
-            and r["seq_len"] == args.seq_len and r["horizon"] in args.horizons]  # fmt: skip
-    text = table(rows)
+    text = table([done[key] for key in sorted(grid_keys)])  # this grid's runs only
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")

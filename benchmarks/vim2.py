@@ -117,6 +117,9 @@ def speed_table(args: argparse.Namespace) -> None:
         peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
         print(f"| {spec} | {params:,} | {args.batch / statistics.median(walls):.0f} | "
               f"{args.batch / statistics.median(cpus):.0f} | {peak} |", flush=True)
+        del model, optimiser, x, y, loss  # the next model's peak must not count this one's memory
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def main() -> None:

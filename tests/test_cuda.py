@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mambamixer import create_model, list_models
-from mambamixer.ops import available_backends, selective_scan
+from mambamixer.ops import selective_scan
 from mambamixer.ops.scan_cuda import cuda_available
 from mambamixer.tasks.classify import build_vision_model
 
@@ -54,10 +54,6 @@ def scan_with_grads(inputs: dict, device: str, backend: str, reverse: bool) -> t
     weight = torch.linspace(-1, 1, out.numel(), device=device).reshape(out.shape)
     (out * weight).sum().backward()
     return out.detach().cpu(), [leaves[k].grad.cpu() for k in inputs]
-
-
-def test_automatic_dispatch_prefers_the_fastest_gpu_backend():
-    assert available_backends("cuda")[0] == GPU_BACKENDS[0]
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
@@ -138,7 +134,7 @@ def test_bfloat16_autocast_training_step_on_gpu():
 
 def run_cli(*args: str, launcher: tuple[str, ...] = ()) -> None:
     cmd = [sys.executable, *launcher, "-m", "mambamixer", *args] if not launcher else [sys.executable, *launcher, *args]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # a hung NCCL launch fails, not stalls
     assert result.returncode == 0, result.stderr[-3000:]
 
 

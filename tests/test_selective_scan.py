@@ -73,6 +73,18 @@ def test_backend_matches_reference_float32(backend, case, reverse):
         torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
+@pytest.mark.parametrize("b_groups, c_groups", [(None, 2), (4, 2), (2, None)])
+def test_chunked_scan_with_different_group_counts_for_b_and_c(b_groups, c_groups):
+    inputs = make_inputs(2, 4, 9, 3, groups=b_groups)
+    inputs["C"] = make_inputs(2, 4, 9, 3, groups=c_groups, seed=1)["C"]
+    ref_out, ref_last = _run("reference", inputs)
+    out, last = _run("chunked", inputs)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last, ref_last, rtol=1e-4, atol=1e-4)
+    for got, want in zip(_grads(out, last, inputs), _grads(ref_out, ref_last, inputs), strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4)
+
+
 @pytest.mark.parametrize("groups", [None, 2])
 def test_chunked_scan_cuts_a_large_batch_into_pieces(monkeypatch, groups):
     """A chunk over the element budget is scanned piece by piece along the batch, with the same result."""

@@ -98,3 +98,10 @@ def test_training_defaults_per_lookback():
     assert training_defaults("tsm2_512")["lr"] == 1e-4  # its own entry (docs/tsm2.md, lookback-512 grid search)
     assert training_defaults("tsm2_512")["epochs"] == training_defaults("tsm2")["epochs"]
     assert training_defaults("not_registered")["lr"] == FALLBACK_DEFAULTS["lr"]
+
+
+def test_default_lookback_is_the_registered_one():
+    from mambamixer.tasks.forecast import default_seq_len
+
+    assert default_seq_len("tsm2_512") == 512  # `forecast --model tsm2_512` without --seq-len
+    assert default_seq_len("tsm2") == default_seq_len("patchtst") == 96

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="registered forecaster (see `mambamixer models`)")
     p.add_argument("--data", required=True, help="dataset name (ETTh1, ETTm1, weather, ...) or a CSV path")
     p.add_argument("--horizon", required=True, type=positive_int, help="forecast length")
-    p.add_argument("--seq-len", type=positive_int, default=None, help="lookback length (default 96)")
+    p.add_argument("--seq-len", type=positive_int, default=None,
+                   help="lookback length (default: the model's own: 512 for tsm2_512, else 96)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset CSVs")
     p.add_argument("--optimizer", choices=("adam", "adamw"), default=None)
     p.add_argument("--schedule", choices=("halve", "cosine", "constant"), default=None,

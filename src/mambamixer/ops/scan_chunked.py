@@ -13,6 +13,8 @@ sequence: hundreds of thousands of sequences), the batch is scanned in pieces th
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -85,7 +87,10 @@ def selective_scan_chunked(
         return (out, last) if return_last_state else out
     dtype_in = u.dtype
     u, delta, A, B, C = prepare_scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus, expand_groups=False)
-    groups, d_state = B.shape[1], A.shape[1]
+    # B and C may have different group counts (one of them 3-D, say): refine both to the lcm, whose
+    # group j reads B's group j // (groups // B_groups), which is channel d's B group as in mamba_ssm
+    groups, d_state = math.lcm(B.shape[1], C.shape[1]), A.shape[1]
+    B, C = (M if M.shape[1] == groups else M.repeat_interleave(groups // M.shape[1], dim=1) for M in (B, C))
     per_group = (groups, d_inner // groups)
     u_g, delta_g = u.reshape(batch, *per_group, length), delta.reshape(batch, *per_group, length)
     A_g = A.reshape(*per_group, d_state)

@@ -87,6 +87,13 @@ def training_defaults(model: str) -> dict[str, Any]:
     return {**base, **entry}
 
 
+def default_seq_len(model: str) -> int:
+    """The lookback a forecaster is registered with (``tsm2_512``: 512), else 96."""
+    with torch.device("meta"):  # the config only: no memory, no initialisation
+        net = create_model(model)
+    return getattr(getattr(net, "config", None), "seq_len", DEFAULT_SEQ_LEN)
+
+
 def default_out(model: str, data: str, seq_len: int, horizon: int) -> Path:
     return Path("runs") / f"forecast-{model}-{data_label(data)}-{seq_len}-{horizon}"
 
@@ -189,7 +196,7 @@ def run_forecast(
     if model_task(model) != "forecast":  # unknown names raise ValueError with suggestions
         raise ValueError(f"model {model!r} is a {model_task(model)} model, not a forecaster")
     horizon = check_positive_int("horizon", horizon)
-    seq_len = check_positive_int("seq_len", DEFAULT_SEQ_LEN if seq_len is None else seq_len)
+    seq_len = check_positive_int("seq_len", default_seq_len(model) if seq_len is None else seq_len)
     overrides = dict(model_overrides or {})
     reserved = sorted(set(overrides) & set(RESERVED_OVERRIDES))
     if reserved:
