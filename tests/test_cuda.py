@@ -132,8 +132,8 @@ def test_bfloat16_autocast_training_step_on_gpu():
     assert (got.float() - want).abs().max() <= 0.05 * want.abs().max() + 0.05
 
 
-def run_cli(*args: str, launcher: tuple[str, ...] = ()) -> None:
-    cmd = [sys.executable, *launcher, "-m", "mambamixer", *args] if not launcher else [sys.executable, *launcher, *args]
+def run_cli(*args: str, launcher: tuple[str, ...] = ("-m", "mambamixer")) -> None:
+    cmd = [sys.executable, *launcher, *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # a hung NCCL launch fails, not stalls
     assert result.returncode == 0, result.stderr[-3000:]
 

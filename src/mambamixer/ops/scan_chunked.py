@@ -28,11 +28,10 @@ MAX_CHUNK_ELEMENTS = 2**25  # 128 MiB per float32 chunk tensor
 def _linear_scan(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Inclusive scan of (a, b) pairs along dim -2: returns (prod a_1..t, h_t with h_0 = 0).
 
-    a, b: (..., chunk, d_state), broadcastable to each other.
+    a, b: (..., chunk, d_state).
     """
     step = 1
-    length = max(a.shape[-2], b.shape[-2])
-    a, b = torch.broadcast_tensors(a, b)
+    length = a.shape[-2]
     while step < length:
         a_prev = F.pad(a[..., :-step, :], (0, 0, step, 0), value=1.0)
         b_prev = F.pad(b[..., :-step, :], (0, 0, step, 0), value=0.0)
