@@ -15,6 +15,7 @@ from image_helpers import make_folder
 from mambamixer.cli import main
 from mambamixer.models import create_model, list_models, registry
 from mambamixer.tasks.classify import build_vision_model, classification_loss, evaluate_classify, run_classify
+from mambamixer.training import load_checkpoint, load_train_state
 
 pytest.importorskip("sklearn")  # digits
 
@@ -190,3 +191,18 @@ def test_run_classify_api_limits(tmp_path: Path) -> None:
     assert metrics["history"][0]["samples"] == 64  # two full batches
     assert metrics["test_images"] == 50 and metrics["val_images"] == 50
     assert evaluate_classify(tmp_path / "run")["test_images"] == 50  # the same seeded subset
+
+
+def test_ema_run_checkpoints_the_average(tmp_path: Path) -> None:
+    """--ema-decay: the checkpoint holds the averaged weights the metrics came from."""
+    out = tmp_path / "ema"
+    assert main([*_classify_args(out, "--set", "dims=[8, 16, 24]", "--limit-train", "256", "--limit-eval", "100"),
+                 "--ema-decay", "0.9"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["training"]["ema_decay"] == 0.9
+    again = evaluate_classify(out)
+    assert (again["test_top1"], again["test_loss"]) == (metrics["test_top1"], pytest.approx(metrics["test_loss"]))
+    state = load_train_state(out / "train_state.pt")
+    assert state["ema"]["updates"] == state["step"]
+    best = load_checkpoint(out / "checkpoint")[0].state_dict()
+    assert all(torch.equal(best[k], v) for k, v in state["best_weights"].items())

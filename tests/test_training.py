@@ -33,6 +33,7 @@ from mambamixer.training import (
     save_train_state,
 )
 from mambamixer.training.distributed import local_batch_size, shard_range
+from mambamixer.training.ema import ModelEMA
 from mambamixer.training.trainer import STOP_AFTER_ENV, LRSchedule
 
 
@@ -315,7 +316,8 @@ class Noisy(nn.Module):
         return self.linear(self.drop(x))
 
 
-def _train(state_path: Path, loader_kind: str, resume: dict | None = None) -> tuple[nn.Module, list[dict]]:
+def _train(state_path: Path, loader_kind: str, resume: dict | None = None,
+           ema_decay: float | None = None) -> tuple[nn.Module, list[dict]]:
     torch.manual_seed(0)
     model = Noisy()
     g = torch.Generator().manual_seed(1)
@@ -326,7 +328,7 @@ def _train(state_path: Path, loader_kind: str, resume: dict | None = None) -> tu
     else:  # a plain shuffled loader drawing from the global RNG: replayed on resume
         loader = DataLoader(data, batch_size=8, shuffle=True)
     val = (torch.randn(16, 3, generator=g), torch.randn(16, 2, generator=g))
-    config = TrainConfig(epochs=3, lr=0.05, schedule="cosine", quiet=True)
+    config = TrainConfig(epochs=3, lr=0.05, schedule="cosine", quiet=True, ema_decay=ema_decay)
     result = fit(model, loader, _mse, config, validate=lambda m: _mse(m, val).item(), state_path=state_path,
                  resume=resume)
     return model, result.history
@@ -334,18 +336,20 @@ def _train(state_path: Path, loader_kind: str, resume: dict | None = None) -> tu
 
 @pytest.mark.parametrize("loader_kind", ["epoch_sampler", "shuffled_loader"])
 @pytest.mark.parametrize("stop_after", [3, 8, 13])  # mid-epoch, the end of epoch 1, mid-epoch 2 (8 steps an epoch)
-def test_stop_and_resume_equals_an_uninterrupted_run(loader_kind: str, stop_after: int, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    model, history = _train(tmp_path / "full.pt", loader_kind)
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_stop_and_resume_equals_an_uninterrupted_run(loader_kind: str, stop_after: int, ema_decay: float | None,
+                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, history = _train(tmp_path / "full.pt", loader_kind, ema_decay=ema_decay)
     monkeypatch.setenv(STOP_AFTER_ENV, str(stop_after))
     with pytest.raises(TrainingInterrupted) as info:
-        _train(tmp_path / "part.pt", loader_kind)
+        _train(tmp_path / "part.pt", loader_kind, ema_decay=ema_decay)
     assert info.value.exit_code == 130 and info.value.state_path == tmp_path / "part.pt"
     assert f"optimiser step {stop_after}" in str(info.value) and "--resume" in str(info.value)
     monkeypatch.delenv(STOP_AFTER_ENV)
     blob = load_train_state(tmp_path / "part.pt")  # torch.load(weights_only=True)
     assert (blob["step"], blob["epoch"], blob["finished"]) == (stop_after, (stop_after - 1) // 8, False)
-    resumed, resumed_history = _train(tmp_path / "part.pt", loader_kind, resume=blob)
+    assert (blob["ema"] is None) == (ema_decay is None)
+    resumed, resumed_history = _train(tmp_path / "part.pt", loader_kind, resume=blob, ema_decay=ema_decay)
     for k, v in model.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k
     keys = ("epoch", "train_loss", "val_loss", "lr", "samples")
@@ -404,6 +408,13 @@ def test_training_state_errors(tmp_path: Path) -> None:
         fit(Tiny(TinyConfig(n_out=3)), _loader(), _mse, TrainConfig(epochs=2, quiet=True), resume=blob)
 
 
+def test_resume_needs_the_same_ema_setting(tmp_path: Path) -> None:
+    fit(Tiny(TinyConfig()), _loader(), _mse, TrainConfig(epochs=1, quiet=True), state_path=tmp_path / "s.pt")
+    blob = load_train_state(tmp_path / "s.pt")
+    with pytest.raises(ValueError, match="has no EMA of the weights; resume with the same --ema-decay"):
+        fit(Tiny(TinyConfig()), _loader(), _mse, TrainConfig(epochs=2, quiet=True, ema_decay=0.9), resume=blob)
+
+
 def test_nan_keeps_the_last_saved_state(tmp_path: Path) -> None:
     calls = {"n": 0}
 
@@ -415,6 +426,60 @@ def test_nan_keeps_the_last_saved_state(tmp_path: Path) -> None:
         fit(Tiny(TinyConfig()), _loader(), loss_fn, TrainConfig(epochs=3, quiet=True), state_path=tmp_path / "s.pt")
     blob = load_train_state(tmp_path / "s.pt")  # the state of epoch 1, untouched
     assert (blob["epoch"], blob["step"]) == (1, 4) and all(v.isfinite().all() for v in blob["model"].values())
+
+
+# --- weight averaging (EMA) -------------------------------------------------------------------
+
+def test_model_ema_follows_its_formula_with_warm_up() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = ModelEMA(model, decay=0.99)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for t in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(8, 3))  # moves the BatchNorm statistics (copied, not averaged)
+        d = min(0.99, (1 + t) / (10 + t))
+        assert ema.current_decay() == d
+        ema.update(model)
+        for name, param in model.named_parameters():
+            expected[name] = d * expected[name] + (1 - d) * param.detach()
+    for name, value in ema.module.state_dict().items():
+        if name in dict(model.named_parameters()):
+            torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(value, model.state_dict()[name]), name
+    assert ema.updates == 30 and not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(ValueError, match=r"ema_decay must be in \(0, 1\)"):
+        ModelEMA(model, 1.0)
+    with pytest.raises(ValueError, match=r"ema_decay must be in \(0, 1\)"):
+        TrainConfig(ema_decay=0.0)
+
+
+def test_fit_with_ema_validates_and_keeps_the_average() -> None:
+    torch.manual_seed(0)
+    model = Tiny(TinyConfig())
+    seen: list[nn.Module] = []
+    kept: list[dict[str, torch.Tensor]] = []
+
+    def validate(m: nn.Module) -> float:
+        seen.append(m)
+        return float(len(seen) != 2)  # epoch 2 is the best: 0.0, the others 1.0
+
+    def on_best(state) -> None:
+        kept.append({k: v.clone() for k, v in state.eval_model.state_dict().items()})
+
+    result = fit(model, _loader(), _mse, TrainConfig(epochs=3, lr=0.05, quiet=True, ema_decay=0.9),
+                 validate=validate, on_best=on_best)
+    assert all(m is not model and isinstance(m, Tiny) for m in seen)  # the EMA copy is validated
+    assert result.best_epoch == 2 and len(kept) == 2
+    for k, v in model.state_dict().items():  # the model ends with the averaged weights of epoch 2
+        assert torch.equal(v, kept[1][k]), k
+    torch.manual_seed(0)
+    raw = Tiny(TinyConfig())
+    fit(raw, _loader(), _mse, TrainConfig(epochs=2, lr=0.05, quiet=True))
+    assert not torch.equal(raw.linear.weight, model.linear.weight)  # the average is not the last step
 
 
 # --- numerics ----------------------------------------------------------------------------------

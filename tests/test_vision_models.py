@@ -76,6 +76,26 @@ def test_features_only_strides_and_channels():
     assert [tuple(m.shape) for m in femto(torch.randn(2, 1, 28, 28))] == [(2, 256, 4, 4)]  # 7x7 padded to 8x8
 
 
+@pytest.mark.parametrize("name", ["vim2_femto", "viqs_femto"])
+def test_conv_stem_keeps_the_strides_and_overlaps(name):
+    torch.manual_seed(0)
+    model = create_model(name, in_chans=1, features_only=True, stem="conv").eval()
+    patch = create_model(name, in_chans=1, features_only=True)
+    assert [f["reduction"] for f in model.feature_info] == [f["reduction"] for f in patch.feature_info]
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        maps = model(x)
+        assert [m.shape for m in maps] == [m.shape for m in patch(x)]
+        x2 = x.clone()
+        x2[:, :, 2, 2] += 1.0  # one pixel: a 2x2 patch stem changes token (1, 1) only; overlapping convs more
+        changed = (model.stem(x2) - model.stem(x)).abs().sum(-1)[0] > 0  # (14, 14)
+    assert changed.sum() > 1 and changed[1, 1]
+    with pytest.raises(ValueError, match="conv stem with stride 1, 2 or 4"):
+        create_model(name, stem="conv", strides=(3, 2, 2))
+    with pytest.raises(ValueError, match="stem must be 'patch' or 'conv'"):
+        create_model(name, stem="convnext")
+
+
 def test_clear_errors_for_bad_inputs_and_overrides():
     model = create_model("vim2_femto", num_classes=10, in_chans=1)
     with pytest.raises(ValueError, match="in_chans=1"):

@@ -132,6 +132,8 @@ def _run_options(p: argparse.ArgumentParser, out_default: str, set_example: str,
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up, in epochs")
     p.add_argument("--grad-clip", type=positive_float, default=None, help="max gradient norm")
+    p.add_argument("--ema-decay", type=positive_float, default=None,
+                   help="validate and keep an exponential moving average of the weights (e.g. 0.999)")
     p.add_argument("--patience", type=non_negative_int, default=None, help=patience_help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help=f"run folder (default {out_default})")
@@ -150,7 +152,7 @@ def _forecast(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, data_dir=args.data_dir, out=args.out,
         patience=args.patience, quiet=args.quiet, model_overrides=dict(args.overrides or []),
         optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip, resume=args.resume,
+        warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip, ema_decay=args.ema_decay, resume=args.resume,
     )
     return 0
 
@@ -163,8 +165,8 @@ def _classify(args: argparse.Namespace) -> int:
         seed=args.seed, data_dir=args.data_dir, out=args.out, img_size=args.img_size, quiet=args.quiet,
         model_overrides=dict(args.overrides or []), weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
-        patience=args.patience, bf16=args.bf16, augment=_augment_choice(args), limit_train=args.limit_train,
-        limit_eval=args.limit_eval, resume=args.resume,
+        ema_decay=args.ema_decay, patience=args.patience, bf16=args.bf16, augment=_augment_choice(args),
+        limit_train=args.limit_train, limit_eval=args.limit_eval, resume=args.resume,
     )
     return 0
 

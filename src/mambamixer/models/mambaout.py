@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mambamixer.layers.classifier_head import ClassifierHead
 from mambamixer.layers.conv_downsample import ConvDownsample
+from mambamixer.layers.conv_stem import ConvStem
 from mambamixer.layers.drop_path import drop_path_rates
 from mambamixer.layers.gated_cnn import GatedCNNBlock
 from mambamixer.models.hierarchical import HierarchicalBackbone
@@ -58,26 +59,6 @@ class MambaOutConfig:
             setattr(self, name, tuple(getattr(self, name)))
 
 
-class MambaOutStem(nn.Module):
-    """Two 3x3 convs (the first to dim/2), LN and GELU between, LN after: (batch, C, H, W) ->
-    (batch, H/stride, W/stride, dim) channels-last. ``stride`` 4 (both convs stride 2), 2 or 1."""
-
-    def __init__(self, in_chans: int, dim: int, stride: int = 4, eps: float = 1e-6) -> None:
-        super().__init__()
-        if stride not in (1, 2, 4):
-            raise ValueError(f"MambaOut's stem stride must be 1, 2 or 4, got {stride}")
-        s1, s2 = {4: (2, 2), 2: (2, 1), 1: (1, 1)}[stride]
-        self.conv1 = nn.Conv2d(in_chans, dim // 2, kernel_size=3, stride=s1, padding=1)
-        self.norm1 = nn.LayerNorm(dim // 2, eps=eps)
-        self.act = nn.GELU()
-        self.conv2 = nn.Conv2d(dim // 2, dim, kernel_size=3, stride=s2, padding=1)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.norm1(self.conv1(x).permute(0, 2, 3, 1)))  # (batch, H/s1, W/s1, dim/2)
-        return self.norm2(self.conv2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-
-
 class MambaOutStage(nn.Module):
     """Optional down-sampling, then gated CNN blocks: (batch, H, W, in_dim) -> (batch, H', W', dim)."""
 
@@ -104,7 +85,7 @@ class MambaOut(PretrainedMixin, HierarchicalBackbone):
         super().__init__()
         c = self.config = config
         _check_config(c)
-        self.stem = MambaOutStem(c.in_chans, c.dims[0], c.strides[0], eps=c.norm_eps)
+        self.stem = ConvStem(c.in_chans, c.dims[0], c.strides[0], eps=c.norm_eps)
         rates = drop_path_rates(c.drop_path_rate, sum(c.depths))
         stages, self.feature_info = [], []
         reduction, first = 1, 0

@@ -2,6 +2,7 @@
 
     image (batch, in_chans, H, W)
     -> stem: (p x p) conv, stride p, LayerNorm                        (batch, H/p, W/p, dims[0])
+             (``stem="conv"``: two overlapping 3x3 convs, layers/conv_stem.py)
     -> 4 stages, each: [patch merging, stages 2-4] then MambaMixer blocks over the patch grid
          token mixer:   Linear d -> 2 (2d) (x, gate z) -> 3x3 depthwise conv on the grid -> SiLU
                         -> S6 along each scan order (row, column and their reverses) -> sum
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from mambamixer.layers.channel_mixer import ChannelMixer
 from mambamixer.layers.classifier_head import ClassifierHead
+from mambamixer.layers.conv_stem import ConvStem
 from mambamixer.layers.drop_path import drop_path_rates
 from mambamixer.layers.mamba_mixer import MambaMixer
 from mambamixer.layers.patch_embed import PatchEmbed, PatchMerging
@@ -59,6 +61,7 @@ class ViM2Config:
     channel_widths: tuple[int, ...] = (192, 384, 768, 768)  # d_inner of each stage's channel mixers
     channel_counts: tuple[int, ...] = (1, 1, 3, 1)  # channel mixers per stage, each after depth/count token mixers
     strides: tuple[int, ...] = (4, 2, 2, 2)  # stem patch size, then per later stage 2 (patch merging) or 1 (width only)
+    stem: str = "patch"  # "patch": one (p x p) conv, stride p (the paper); "conv": two overlapping 3x3 convs
     num_classes: int = 1000  # 0: no classifier, the head returns the pooled, normalised features
     in_chans: int = 3
     d_state: int = 16
@@ -134,7 +137,10 @@ class ViM2(PretrainedMixin, HierarchicalBackbone):
         super().__init__()
         c = self.config = config
         _check_config(c)
-        self.stem = PatchEmbed(c.in_chans, c.dims[0], c.strides[0])
+        if c.stem == "patch":
+            self.stem = PatchEmbed(c.in_chans, c.dims[0], c.strides[0])
+        else:
+            self.stem = ConvStem(c.in_chans, c.dims[0], c.strides[0])
         n_mixers = [d + n for d, n in zip(c.depths, c.channel_counts, strict=True)]
         rates = drop_path_rates(c.drop_path_rate, sum(n_mixers))
         stages, self.feature_info = [], []
@@ -188,6 +194,9 @@ def _check_config(c: ViM2Config) -> None:
             )
     if c.strides[0] < 1 or any(s not in (1, 2) for s in c.strides[1:]):
         raise ValueError(f"strides: a stem patch size >= 1, then 1 or 2 per later stage; got {c.strides}")
+    if c.stem not in ("patch", "conv") or (c.stem == "conv" and c.strides[0] not in (1, 2, 4)):
+        raise ValueError(f"stem must be 'patch' or 'conv' (the conv stem with stride 1, 2 or 4); got stem={c.stem!r} "
+                         f"with stride {c.strides[0]}")
     if c.switch_of_scans and not 1 <= c.sos_top_k <= len(c.token_scans):
         raise ValueError(f"sos_top_k must be in [1, {len(c.token_scans)}] (the candidate scans), got {c.sos_top_k}")
     if not 0.0 <= c.drop_path_rate < 1.0:

@@ -64,7 +64,7 @@ GRID_IMAGES = 32  # test images shown in predictions.png
 # smoothing 0.1, batch 128, 10 epochs, no early stopping (the best epoch on validation top-1 is kept).
 RECIPE: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine",
                           "warmup_epochs": 1.0, "epochs": 10, "batch_size": 128, "label_smoothing": 0.1,
-                          "grad_clip": None, "patience": None}
+                          "grad_clip": None, "patience": None, "ema_decay": None}
 # Per-model departures from RECIPE; a family's entry ("vim2") applies to its sizes ("vim2_small").
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {}
 
@@ -278,6 +278,7 @@ def run_classify(
     label_smoothing: float | None = None,
     grad_clip: float | None = None,
     patience: int | None = None,
+    ema_decay: float | None = None,
     bf16: bool = False,
     augment: bool | str | AugmentConfig = True,
     val_fraction: float = VAL_FRACTION,
@@ -312,7 +313,7 @@ def run_classify(
                          f"the image size)")
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
              "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "grad_clip": grad_clip,
-             "patience": patience}
+             "patience": patience, "ema_decay": ema_decay}
     hp = {**training_defaults(model), **{k: v for k, v in given.items() if v is not None}}
     hp["batch_size"] = check_positive_int("batch_size", hp["batch_size"])
     eval_batch_size = check_positive_int(
@@ -330,6 +331,7 @@ def run_classify(
         epochs=hp["epochs"], lr=hp["lr"], optimizer=hp["optimizer"], weight_decay=hp["weight_decay"],
         schedule=hp["schedule"], warmup_epochs=hp["warmup_epochs"], grad_clip=hp["grad_clip"],
         patience=hp["patience"], quiet=quiet, desc=f"{model} epoch", bf16=bf16, monitor="val_error",
+        ema_decay=hp["ema_decay"],
     )  # validates the values
     out = Path(out) if out is not None else default_out(model, data)
     check_out_possible(out)
@@ -367,7 +369,8 @@ def run_classify(
         "limit_train": limit_train, "limit_eval": limit_eval,
         "augment": dataclasses.asdict(aug) if aug is not None else None, "seed": seed, "model_overrides": overrides,
         "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay",
-                                           "warmup_epochs", "label_smoothing", "grad_clip", "patience")},
+                                           "warmup_epochs", "label_smoothing", "grad_clip", "patience",
+                                           "ema_decay")},
                      "bf16": bf16, "eval_batch_size": eval_batch_size, "loss": "cross_entropy",
                      "best_epoch_by": "validation top-1" if len(ds.val) else "training loss (no validation split)",
                      "drop_last_train": len(ds.train) > hp["batch_size"]},
@@ -392,7 +395,7 @@ def run_classify(
 
     def on_best(state: TrainState) -> None:
         best = state.history[-1]
-        save_checkpoint(ckpt_dir, state.model, {**run, "best_epoch": state.best_epoch,
+        save_checkpoint(ckpt_dir, state.eval_model, {**run, "best_epoch": state.best_epoch,
                                                 "best_val_top1": best.get("val_top1")})
 
     result = fit(net, train_loader, loss_fn, train_config, validate=validate if len(ds.val) else None,

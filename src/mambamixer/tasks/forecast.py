@@ -78,7 +78,7 @@ FALLBACK_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "schedule
 def training_defaults(model: str) -> dict[str, Any]:
     """The full set of training hyper-parameters used when a flag is left as None."""
     base = {"optimizer": "adamw", "lr": 1e-3, "schedule": "constant", "epochs": 10, "batch_size": 32,
-            "patience": None, "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None}
+            "patience": None, "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None, "ema_decay": None}
     entry = TRAINING_DEFAULTS.get(model)
     if entry is None:  # a size of a known family ("tsm2_xyz") without its own entry takes the family's
         family = [k for k in TRAINING_DEFAULTS if model.startswith(k + "_")]
@@ -177,6 +177,7 @@ def run_forecast(
     weight_decay: float | None = None,
     warmup_epochs: float | None = None,
     grad_clip: float | None = None,
+    ema_decay: float | None = None,
     eval_batch_size: int | None = None,
     device: str | torch.device | None = None,
     resume: bool = False,
@@ -202,7 +203,7 @@ def run_forecast(
         raise ValueError(f"model overrides cannot set {reserved}: they come from the task and the data")
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
              "optimizer": optimizer, "schedule": schedule, "weight_decay": weight_decay,
-             "warmup_epochs": warmup_epochs, "grad_clip": grad_clip}
+             "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "ema_decay": ema_decay}
     hp = {**training_defaults(model), **{k: v for k, v in given.items() if v is not None}}
     hp["batch_size"] = check_positive_int("batch_size", hp["batch_size"])
     eval_batch_size = check_positive_int(
@@ -212,7 +213,7 @@ def run_forecast(
     train_config = TrainConfig(
         epochs=hp["epochs"], lr=hp["lr"], optimizer=hp["optimizer"], weight_decay=hp["weight_decay"],
         schedule=hp["schedule"], warmup_epochs=hp["warmup_epochs"], grad_clip=hp["grad_clip"],
-        patience=hp["patience"], quiet=quiet, desc=f"{model} epoch",
+        patience=hp["patience"], quiet=quiet, desc=f"{model} epoch", ema_decay=hp["ema_decay"],
     )  # validates the values
     out = Path(out) if out is not None else default_out(model, data, seq_len, horizon)
     check_out_possible(out)
@@ -248,7 +249,7 @@ def run_forecast(
         "seq_len": seq_len, "horizon": horizon, "n_vars": fd.n_vars, "n_marks": fd.n_marks,
         "columns": list(fd.columns), "seed": seed, "model_overrides": overrides,
         "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule",
-                                           "weight_decay", "warmup_epochs", "grad_clip", "patience")},
+                                           "weight_decay", "warmup_epochs", "grad_clip", "patience", "ema_decay")},
                      "eval_batch_size": eval_batch_size, "loss": "mse", "drop_last_train": True},
         "device": str(dev), "processes": ctx.world_size, "torch_version": torch.__version__,
     }
@@ -268,7 +269,7 @@ def run_forecast(
         return forecast_errors(m, fd.val, eval_batch_size, dev, ctx)["mse"]
 
     def on_best(state: TrainState) -> None:
-        save_checkpoint(ckpt_dir, state.model, {**run, "best_epoch": state.best_epoch,
+        save_checkpoint(ckpt_dir, state.eval_model, {**run, "best_epoch": state.best_epoch,
                                                 "best_val_mse": state.best_val})
 
     result = fit(net, train_loader, forecast_loss, train_config, validate=validate, on_best=on_best,

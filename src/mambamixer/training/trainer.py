@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from mambamixer.training import distributed
 from mambamixer.training.checkpoint import STATE_FORMAT, plain, save_train_state
 from mambamixer.training.distributed import Context, EpochSampler
+from mambamixer.training.ema import ModelEMA
 from mambamixer.training.seed import rng_state, set_rng_state
 
 # Testing aid: act as if SIGINT arrived once this many optimiser steps are done (CLI included).
@@ -60,6 +61,7 @@ class TrainConfig:
     desc: str = "epoch"  # progress-bar label
     bf16: bool = False  # run loss_fn (forward and loss) under bfloat16 autocast; weights stay float32
     monitor: str = "val_loss"  # key of validate()'s dict that picks the best epoch (lower is better)
+    ema_decay: float | None = None  # keep an EMA of the weights (training/ema.py); it is validated and kept
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -76,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ValueError(f"patience must be a positive integer, got {self.patience!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), e.g. 0.999, got {self.ema_decay!r}")
 
 
 def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:
@@ -175,6 +179,12 @@ class TrainState:
     stopped_early: bool = False
     epoch_rng: dict[str, Any] | None = None  # RNG states at the start of the current epoch
     seconds: float = 0.0  # wall time of fit before this process (resumed runs)
+    ema: ModelEMA | None = None  # the weight average, when TrainConfig.ema_decay is set
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model that is validated and whose weights are kept: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def state_dict(self, rng: list[dict[str, Any]], epoch_loss: tuple[float, float] = (0.0, 0.0),
                    meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -189,6 +199,7 @@ class TrainState:
             "history": list(self.history), "finished": self.finished, "stopped_early": self.stopped_early,
             "epoch_loss_sum": float(epoch_loss[0]), "epoch_samples": float(epoch_loss[1]),
             "seconds": self.seconds, "rng": rng, "meta": plain(meta or {}),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, blob: dict[str, Any]) -> None:
@@ -209,6 +220,11 @@ class TrainState:
         self.history = list(blob["history"])
         self.finished, self.stopped_early = bool(blob["finished"]), bool(blob.get("stopped_early", False))
         self.seconds = float(blob.get("seconds", 0.0))
+        if (self.ema is None) != (blob.get("ema") is None):
+            have = "has an" if blob.get("ema") is not None else "has no"
+            raise ValueError(f"the training state {have} EMA of the weights; resume with the same --ema-decay")
+        if self.ema is not None:
+            self.ema.load_state_dict(blob["ema"])
 
 
 @dataclass
@@ -357,8 +373,10 @@ def fit(
     selection, or a dict of validation metrics that are all added to the epoch's history and whose
     ``config.monitor`` entry is monitored (lower is better); without ``validate`` the training loss
     is monitored. ``on_best(state)`` runs on rank 0 after each new best epoch (e.g. to save a
-    checkpoint). A non-finite loss raises ``ValueError`` naming the epoch and step, after restoring
-    the best weights (files written before are left untouched).
+    checkpoint of ``state.eval_model``). With ``config.ema_decay`` an exponential moving average of
+    the weights is kept (training/ema.py): it is what ``validate`` sees, what the best epoch keeps
+    and what ``model`` ends with. A non-finite loss raises ``ValueError`` naming the epoch and step,
+    after restoring the best weights (files written before are left untouched).
 
     Distributed (``ctx.distributed``): ``loss_fn`` gets the model wrapped in DDP (use
     ``distributed.unwrap`` for its attributes), the loader must shard the data (an
@@ -383,7 +401,8 @@ def fit(
     if steps_per_epoch < 1:
         raise ValueError("the training data yields no batches (is the dataset smaller than a batch?)")
     optimizer = build_optimizer(model, config)
-    state = TrainState(model, optimizer, LRSchedule(config, steps_per_epoch), generator=generator)
+    state = TrainState(model, optimizer, LRSchedule(config, steps_per_epoch), generator=generator,
+                       ema=ModelEMA(model, config.ema_decay) if config.ema_decay is not None else None)
     saved_path = Path(state_path) if state_path is not None else None
     rng_now: dict[str, Any] | None = None
     epoch_loss = (0.0, 0.0)
@@ -469,6 +488,8 @@ def fit(
                 if config.grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
+                if state.ema is not None:
+                    state.ema.update(model)
                 state.step += 1
                 state.step_in_epoch = i + 1
                 n = _batch_size(batch)
@@ -490,7 +511,7 @@ def fit(
             if validate is not None:
                 model.eval()
                 with torch.no_grad():
-                    val_loss, val_metrics = _monitored(validate(model), config.monitor)
+                    val_loss, val_metrics = _monitored(validate(state.eval_model), config.monitor)
                 model.train()
                 if not math.isfinite(val_loss):
                     _restore_best(state)
@@ -502,7 +523,8 @@ def fit(
             improved = monitored < state.best_val
             if improved:
                 state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
-                state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                state.best_weights = {k: v.detach().to("cpu", copy=True)
+                                      for k, v in state.eval_model.state_dict().items()}
             else:
                 state.bad_epochs += 1
             seconds = time.perf_counter() - t0
