@@ -4,9 +4,9 @@
 
 t is the number of updates so far: the warm-up of ``d`` (timm's ModelEmaV2/V3, TensorFlow's
 ``num_updates``) keeps the average from being dominated by the random initialisation in short
-runs. Floating-point parameters are averaged in float32; buffers (e.g. BatchNorm statistics) and
-integer tensors are copied. The averaged copy lives on the model's device, in eval mode, without
-gradients.
+runs. Floating-point parameters are averaged in their own dtype (float32 for models trained
+under bf16 autocast); buffers (e.g. BatchNorm statistics) and integer tensors are copied. The
+averaged copy lives on the model's device, in eval mode, without gradients.
 """
 
 from __future__ import annotations
@@ -17,12 +17,17 @@ import torch
 from torch import nn
 
 
+def check_ema_decay(decay: float) -> None:
+    """Raise ``ValueError`` unless 0 < decay < 1 (TrainConfig checks it before anything runs)."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1), e.g. 0.999, got {decay!r}")
+
+
 class ModelEMA:
     """An averaged copy of ``model``; ``update(model)`` after each optimiser step, ``module`` to evaluate."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), e.g. 0.999, got {decay!r}")
+        check_ema_decay(decay)
         self.decay = decay
         self.updates = 0
         self.module = copy.deepcopy(model).eval()

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from mambamixer.training import distributed
 from mambamixer.training.checkpoint import STATE_FORMAT, plain, save_train_state
 from mambamixer.training.distributed import Context, EpochSampler
-from mambamixer.training.ema import ModelEMA
+from mambamixer.training.ema import ModelEMA, check_ema_decay
 from mambamixer.training.seed import rng_state, set_rng_state
 
 # Testing aid: act as if SIGINT arrived once this many optimiser steps are done (CLI included).
@@ -78,8 +78,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ValueError(f"patience must be a positive integer, got {self.patience!r}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), e.g. 0.999, got {self.ema_decay!r}")
+        if self.ema_decay is not None:
+            check_ema_decay(self.ema_decay)
 
 
 def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:
