@@ -45,7 +45,8 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
 # Recipe changes passed on to every run: (classify flag, argument, tag in the run key).
 RECIPE_FLAGS = (("--lr", "lr", "lr"), ("--warmup-epochs", "warmup_epochs", "warmup"),
-                ("--batch-size", "batch_size", "batch"), ("--augment", "augment", "aug"))
+                ("--batch-size", "batch_size", "batch"), ("--augment", "augment", "aug"),
+                ("--val-fraction", "val_fraction", "val"), ("--ema-decay", "ema_decay", "ema"))
 
 
 def run_key(spec: str, args: argparse.Namespace, epochs: int) -> str:
@@ -125,6 +126,9 @@ def main() -> None:
     parser.add_argument("--warmup-epochs", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--augment", default=None, help="classify's --augment spec, e.g. flip (default: the recipe's)")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="held-out part of the training images (default 0.1; 0: train on all of them)")
+    parser.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights (default: none)")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at the same time")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads per process (default: as set)")
     parser.add_argument("--procs", type=int, default=1, help="DDP processes per run (torchrun; default 1: none)")

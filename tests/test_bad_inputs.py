@@ -134,6 +134,8 @@ def test_forecast_bad_input(change: dict[str, str | None], message: str, files: 
         ({"--data": "imagenet22k"}, "unknown dataset 'imagenet22k'"),
         ({"--label-smoothing": "1.5"}, "label_smoothing must be in [0, 1)"),
         ({"--limit-train": "0"}, "must be a positive integer"),
+        ({"--val-fraction": "1"}, "must be a number in [0, 1), got '1'"),
+        ({"--val-fraction": "-0.1"}, "must be a number in [0, 1)"),
         ({"--img-size": "0"}, "must be a positive integer"),
         ({"--img-size": "6"}, "not divisible by the total stride"),
         ({"--batch-size": "-8"}, "must be a positive integer"),

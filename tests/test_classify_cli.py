@@ -193,6 +193,19 @@ def test_run_classify_api_limits(tmp_path: Path) -> None:
     assert evaluate_classify(tmp_path / "run")["test_images"] == 50  # the same seeded subset
 
 
+def test_val_fraction_zero_trains_on_every_training_image(tmp_path: Path) -> None:
+    """--val-fraction 0: no validation split; the epoch of lowest training loss is kept and reloads."""
+    out = tmp_path / "all"
+    assert main([*_classify_args(out, "--set", "dims=[8, 16, 24]", "--limit-eval", "50"), "--val-fraction", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_images"] == 0 and metrics["val_top1"] is None
+    assert metrics["train_images"] == 1438  # all of digits but its 359 test images (1295 + 143 with validation)
+    assert metrics["run"]["val_fraction"] == 0 and metrics["run"]["training"]["best_epoch_by"].startswith("training")
+    losses = [h["train_loss"] for h in metrics["history"]]
+    assert metrics["best_epoch"] == 1 + losses.index(min(losses))
+    assert evaluate_classify(out)["test_top1"] == metrics["test_top1"]
+
+
 def test_ema_run_checkpoints_the_average(tmp_path: Path) -> None:
     """--ema-decay: the checkpoint holds the averaged weights the metrics came from."""
     out = tmp_path / "ema"

@@ -40,6 +40,7 @@ def _number(parse: Callable[[str], Any], accept: Callable[[Any], bool], what: st
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+fraction = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def parse_value(text: str) -> Any:
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on a seeded subset of N training images (quick checks)")
     p.add_argument("--limit-eval", type=positive_int, default=None,
                    help="validate and test on seeded subsets of N images (quick checks, not results)")
+    p.add_argument("--val-fraction", type=fraction, default=None,
+                   help="part of the training images held out for validation and best-epoch selection "
+                        "(default 0.1; 0: train on all of them and keep the epoch of lowest training loss)")
     _run_options(p, out_default="runs/classify-MODEL-DATA", set_example="drop_path_rate=0.1",
                  patience_help="early-stopping patience in epochs (default and 0: run every epoch)")
     p.set_defaults(func=_classify)
@@ -167,6 +171,7 @@ def _classify(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
         ema_decay=args.ema_decay, patience=args.patience, bf16=args.bf16, augment=_augment_choice(args),
         limit_train=args.limit_train, limit_eval=args.limit_eval, resume=args.resume,
+        **({} if args.val_fraction is None else {"val_fraction": args.val_fraction}),
     )
     return 0
 
