@@ -22,6 +22,8 @@ def forecast_args(model: str, csv: str, out: Path, *extra: str) -> list[str]:
 
 CLASSIFY = ["classify", "--model", "vit_test", "--data", "digits", "--epochs", "2", "--batch-size", "16", "--lr",
             "3e-3", "--warmup-epochs", "0", "--limit-train", "128", "--limit-eval", "64", "--quiet"]
+SOS_TINY = ("--set", "switch_of_scans=true", "--set", "dims=[8,16,32]", "--set", "channel_widths=[16,32,64]",
+            "--set", "depths=[1,1,1]", "--set", "channel_counts=[0,1,1]")
 TSM2_TINY = ("--set", "d_model=16", "--set", "n_blocks=1")  # dropout 0.2 stays on: per-rank RNG streams
 
 
@@ -30,6 +32,9 @@ def run_all(out: Path, csv: str) -> dict[str, int]:
         # equivalence with one process: no dropout, no augmentation, no BatchNorm
         "forecast": main(forecast_args("dlinear", csv, out / "forecast")),
         "classify": main([*CLASSIFY, "--no-augment", "--set", "dropout=0", "--out", str(out / "classify")]),
+        # Switch of Scans: 8 images a process, 2 of 8 scans each, so most steps leave a scan unchosen
+        "switch_of_scans": main([*CLASSIFY, "--model", "vim2_femto", "--out", str(out / "switch_of_scans"),
+                                 *SOS_TINY]),
         # exact resume across processes, with dropout
         "uninterrupted": main(forecast_args("tsm2", csv, out / "uninterrupted", *TSM2_TINY)),
     }

@@ -48,7 +48,7 @@ def _close(a: float, b: float, rel: float = 1e-5) -> bool:
 def test_exit_codes(ddp) -> None:
     root, _, _ = ddp
     assert json.loads((root / "exit_codes.json").read_text()) == {
-        "forecast": 0, "classify": 0, "uninterrupted": 0, "stopped": 130, "resumed": 0}
+        "forecast": 0, "classify": 0, "switch_of_scans": 0, "uninterrupted": 0, "stopped": 130, "resumed": 0}
 
 
 def test_forecast_on_two_processes_equals_one(ddp, tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_resume_on_two_processes_is_exact(ddp) -> None:
 
 def test_rank_zero_alone_writes_and_prints(ddp) -> None:
     root, _, proc = ddp
-    assert proc.stdout.count("test MSE") == 3 and proc.stdout.count("test top-1") == 1  # three forecasts, one classify
+    assert proc.stdout.count("test MSE") == 3 and proc.stdout.count("test top-1") == 2  # 3 forecasts, 2 classify
     assert proc.stderr.count("SIGINT: stopped at epoch 2, step 7 of 23") == 1
     assert not list(root.rglob("*.tmp"))
     assert sorted(p.name for p in (root / "forecast").iterdir()) == [

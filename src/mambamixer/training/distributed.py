@@ -87,11 +87,17 @@ def _leave() -> None:
 
 
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:
-    """``model`` in DistributedDataParallel when distributed (it must already be on its device)."""
+    """``model`` in DistributedDataParallel when distributed (it must already be on its device).
+
+    A model whose ``skips_parameters`` is true (ViM2 / ViQS with Switch of Scans: the scans no input
+    chose get no gradient) is wrapped with ``find_unused_parameters=True``; DDP would otherwise wait
+    for their gradients and fail at the next step.
+    """
     if not ctx.distributed:
         return model
     device = next(model.parameters()).device
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=bool(getattr(model, "skips_parameters", False)))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
