@@ -516,3 +516,15 @@ def test_grad_clip_bounds_the_gradient_norm(clip: float | None) -> None:
         handle.remove()
     assert len(norms) == 4
     assert max(norms) <= 1e-3 * (1 + 1e-4) if clip else min(norms) > 1e-2
+
+
+def test_optimizer_is_fused_and_exempts_biases_and_norms_from_weight_decay():
+    from mambamixer.training.trainer import TrainConfig, build_optimizer
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    for name in ("adamw", "adam"):
+        opt = build_optimizer(model, TrainConfig(epochs=1, lr=1e-3, optimizer=name, weight_decay=0.05))
+        assert opt.defaults["fused"] is True  # one fused update of every parameter (CPU here)
+        decayed, exempt = opt.param_groups
+        assert [p.shape for p in decayed["params"]] == [(8, 4), (2, 8)] and decayed["weight_decay"] == 0.05
+        assert len(exempt["params"]) == 4 and exempt["weight_decay"] == 0.0  # 2 biases, LayerNorm weight and bias

@@ -105,3 +105,65 @@ def test_default_lookback_is_the_registered_one():
 
     assert default_seq_len("tsm2_512") == 512  # `forecast --model tsm2_512` without --seq-len
     assert default_seq_len("tsm2") == default_seq_len("patchtst") == 96
+
+
+def test_mark_levels_invert_the_calendar_features():
+    import pandas as pd
+
+    from mambamixer.data.forecast import mark_levels, mark_names_for, time_features
+
+    dates = pd.date_range("2016-07-01", periods=24 * 400, freq="h")
+    feats, names = time_features(dates, "h")
+    assert tuple(names) == mark_names_for(4)
+    marks = torch.from_numpy(feats)
+    assert torch.equal(mark_levels(marks[:, 0], "HourOfDay"), torch.as_tensor(dates.hour.to_numpy().copy()))
+    assert torch.equal(mark_levels(marks[:, 1], "DayOfWeek"), torch.as_tensor(dates.day_of_week.to_numpy().copy()))
+    assert torch.equal(mark_levels(marks[:, 2], "DayOfMonth"), torch.as_tensor(dates.day.to_numpy() - 1))
+    assert torch.equal(mark_levels(marks[:, 3], "DayOfYear"), torch.as_tensor(dates.day_of_year.to_numpy() - 1))
+    with pytest.raises(ValueError, match="no frequency has 9 calendar features"):
+        mark_names_for(9)
+
+
+def test_calendar_profile_is_taken_out_of_the_lookback_and_added_to_the_forecast():
+    """Lookback = hours 0-15 of a day, horizon = hours 16-23. An offset for hour 20 (horizon only)
+    moves the forecast of hour 20 alone, by the offset in the input's units; an offset for hour 3
+    (lookback only) is subtracted from step 3 of what the backbone sees, and nothing else."""
+    import pandas as pd
+
+    from mambamixer.data.forecast import time_features
+
+    model = small(seq_len=16, horizon=8, patch_len=8, stride=4, n_marks=4, covariates=False,
+                  calendar_profile="HourOfDay", revin_affine=False).eval()  # fmt: skip
+    assert model.config.calendar_profile == ("HourOfDay",)
+    assert sum(p.numel() for p in model.profile.parameters()) == 24 * 5
+    feats = torch.from_numpy(time_features(pd.date_range("2017-01-01", periods=24, freq="h"), "h")[0])
+    x, xm, ym = torch.randn(1, 16, 5), feats[None, :16], feats[None, 16:]
+    seen = []
+    model.patch_embed.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    base = model(x, xm, ym)
+    offset = torch.arange(1.0, 6.0)  # one per variate
+    with torch.no_grad():
+        model.profile.tables[0][20] = offset
+    moved = model(x, xm, ym) - base
+    std = (x.var(dim=1, unbiased=False)[0] + model.revin.eps).sqrt()  # RevIN maps the offset back to x's units
+    assert torch.allclose(moved[0, 4], offset * std, atol=1e-5)  # step 4 of the horizon is hour 20
+    assert torch.allclose(moved[0, [0, 1, 2, 3, 5, 6, 7]], torch.zeros(7, 5), atol=1e-6)
+    assert torch.equal(seen[0], seen[1])  # the backbone's input did not change
+    with torch.no_grad():
+        model.profile.tables[0].zero_()
+        model.profile.tables[0][3] = offset
+    model(x, xm, ym)
+    change = seen[2] - seen[0]  # patches (batch, n_vars, n_patches, patch_len); step 3 = patch 0, position 3
+    assert torch.allclose(change[0, :, 0, 3], -offset, atol=1e-6)
+    change[0, :, 0, 3] = 0
+    assert torch.allclose(change, torch.zeros_like(change), atol=1e-6)
+
+
+def test_calendar_profile_needs_marks():
+    with pytest.raises(ValueError, match="calendar_profile needs the calendar features"):
+        small(calendar_profile="HourOfDay")
+    with pytest.raises(ValueError, match="among this data's calendar features"):
+        small(n_marks=4, calendar_profile="MinuteOfHour")
+    model = small(n_marks=4, calendar_profile=["HourOfDay", "DayOfWeek"])
+    with pytest.raises(ValueError, match="needs x_mark and y_mark"):
+        model(torch.randn(2, 48, 5))

@@ -38,11 +38,14 @@ from mambamixer.data.download import fetch, resolve_data_dir
 __all__ = [
     "BENCHMARKS",
     "BenchmarkSpec",
+    "MARK_LEVELS",
     "ForecastData",
     "ForecastWindows",
     "get_benchmark",
     "list_benchmarks",
     "load_forecast_data",
+    "mark_levels",
+    "mark_names_for",
     "resolve_dataset_file",
     "time_features",
 ]
@@ -174,6 +177,11 @@ FREQ_FEATURES: dict[str, tuple[str, ...]] = {
     "w": ("DayOfMonth", "WeekOfYear"),
     "m": ("MonthOfYear",),
 }
+# Distinct values of each feature: feature = level / (levels - 1) - 0.5 for level 0 .. levels - 1.
+MARK_LEVELS: dict[str, int] = {
+    "SecondOfMinute": 60, "MinuteOfHour": 60, "HourOfDay": 24, "DayOfWeek": 7, "DayOfMonth": 31,
+    "DayOfYear": 366, "MonthOfYear": 12, "WeekOfYear": 53,
+}
 _FREQ_ALIASES = {"min": "t", "minute": "t", "hour": "h", "day": "d", "week": "w", "month": "m", "sec": "s"}
 
 
@@ -193,6 +201,23 @@ def time_features(dates: pd.DatetimeIndex | Sequence, freq: str) -> tuple[np.nda
         return np.zeros((len(idx), 0), np.float32), names
     feats = np.stack([_TIME_FEATURES[n](idx) for n in names], axis=1)
     return np.ascontiguousarray(feats, dtype=np.float32), names
+
+
+def mark_names_for(n_marks: int) -> tuple[str, ...]:
+    """The calendar features behind ``n_marks`` columns of :func:`time_features` (every
+    frequency has its own count; 'd' and 'b' share theirs and their features)."""
+    for names in FREQ_FEATURES.values():
+        if len(names) == n_marks:
+            return names
+    counts = sorted({len(v) for v in FREQ_FEATURES.values()})
+    raise ValueError(f"no frequency has {n_marks} calendar features: expected one of {counts}")
+
+
+def mark_levels(marks: torch.Tensor, name: str) -> torch.Tensor:
+    """Integer level (hour 0-23, day of week 0-6, ...) of a calendar feature column of
+    :func:`time_features` (values in [-0.5, 0.5]); any shape, returns int64 of the same shape."""
+    top = MARK_LEVELS[name] - 1
+    return torch.round((marks + 0.5) * top).long().clamp_(0, top)
 
 
 def _infer_freq(dates: pd.DatetimeIndex) -> str:

@@ -2,6 +2,7 @@
 
     x (batch, seq_len, n_vars)
     -> RevIN (instance normalisation over time, per variate)
+    -> - calendar profile of the lookback (optional: learned per-variate offsets per hour of day, ...)
     -> per variate: patches of the lookback, linear patch embedding (+ historical covariates,
        + static features) -> tokens (batch, n_vars, n_patches, d_model)
     -> MambaMixer blocks: token mixer = causal S6 over the patches of each variate,
@@ -9,6 +10,7 @@
        joined by weighted averaging of all earlier outputs
     -> flatten the patch tokens of each variate -> linear head to the horizon
     -> + future-known covariates (calendar features of the horizon)
+    -> + calendar profile of the horizon (when on)
     -> RevIN de-normalisation -> (batch, horizon, n_vars)
 
 Design choices the paper leaves open are listed in docs/tsm2.md.
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mambamixer.data.forecast import mark_names_for
+from mambamixer.layers.calendar_profile import CalendarProfile
 from mambamixer.layers.channel_mixer import ChannelMixer
 from mambamixer.layers.mamba_mixer import MambaMixer
 from mambamixer.layers.normalization import RevIN
@@ -57,6 +61,14 @@ class TSM2Config:
     head: str = "flatten"
     revin_affine: bool = True
     future_hidden: int = 16  # width of the future-covariate projection
+    # calendar features (e.g. ("HourOfDay",)) whose learned per-variate offsets are taken out of
+    # the normalised lookback and added to the forecast (layers/calendar_profile.py); needs n_marks
+    calendar_profile: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.calendar_profile, str):
+            self.calendar_profile = (self.calendar_profile,)
+        self.calendar_profile = tuple(self.calendar_profile)
 
     @property
     def n_patches(self) -> int:
@@ -110,6 +122,11 @@ class TSM2(PretrainedMixin, nn.Module):
         if n_marks:
             self.future_proj = nn.Sequential(nn.Linear(n_marks, c.future_hidden), nn.GELU())
             self.future_weight = nn.Parameter(torch.randn(c.future_hidden, c.n_vars) * c.future_hidden**-0.5 * 0.1)
+        self.profile = None
+        if c.calendar_profile:
+            if not c.n_marks:
+                raise ValueError("calendar_profile needs the calendar features (n_marks > 0)")
+            self.profile = CalendarProfile(mark_names_for(c.n_marks), c.calendar_profile, c.n_vars)
 
     def embed(self, x: Tensor, x_mark: Tensor | None = None, static: Tensor | None = None) -> Tensor:
         """Normalised x (batch, seq_len, n_vars) -> tokens (batch, n_vars, n_patches, d_model)."""
@@ -134,10 +151,16 @@ class TSM2(PretrainedMixin, nn.Module):
         n_marks), static (batch, n_vars, n_static) -> (batch, horizon, n_vars)."""
         self._check_inputs(x, x_mark, y_mark, static)
         x, stats = self.revin.normalize(x)
+        if self.profile is not None:
+            if x_mark is None or y_mark is None:
+                raise ValueError("this TSM2 has a calendar profile: forward needs x_mark and y_mark")
+            x = x - self.profile(x_mark)
         tokens = self.mixer(self.embed(x, x_mark, static))  # (batch, n_vars, n_patches, d_model)
         y = self.head(self.norm(tokens)).transpose(1, 2)  # (batch, horizon, n_vars)
         if self.future_proj is not None and y_mark is not None:
             y = y + self.future_proj(y_mark) @ self.future_weight
+        if self.profile is not None:
+            y = y + self.profile(y_mark)
         return self.revin.denormalize(y, stats)
 
     def _check_inputs(self, x: Tensor, x_mark: Tensor | None, y_mark: Tensor | None, static: Tensor | None) -> None:

@@ -1,0 +1,87 @@
+"""Training-step variants of one model, interleaved in one process: optimiser kernel and precision.
+
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/train_step.py --batch 32
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/train_step.py --model vim2_femto:switch_of_scans=true
+
+One forward + backward + AdamW step on random 28x28 one-channel images, for each variant:
+``foreach`` (AdamW's multi-tensor update, the library's optimiser until 2026-11-23) or ``fused``
+(one fused kernel, now the default in ``build_optimizer``), under bfloat16 autocast or in float32.
+Every variant has its own copy of the model (same initial weights); rounds of ``--steps`` steps
+alternate between the variants, and the best round of each is kept, so a load that comes and goes
+on a shared machine hits them alike. Ratios are against the first variant of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mambamixer import create_model
+
+VARIANTS = {  # name: (fused optimiser, bfloat16 autocast)
+    "foreach, bf16": (False, True),
+    "fused, bf16": (True, True),
+    "fused, fp32": (True, False),
+}
+
+
+def parse_model(spec: str) -> tuple[str, dict]:
+    """'name:key=value,key=value' -> (name, overrides); values are Python literals or strings."""
+    name, _, rest = spec.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        overrides[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return name, overrides
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="vim2_femto", help="registry name, optionally ':key=value,...'")
+    p.add_argument("--batch", type=int, default=32, help="images per step (32: one process of a batch-64 DDP run)")
+    p.add_argument("--steps", type=int, default=8, help="steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    name, overrides = parse_model(args.model)
+    base = create_model(name, num_classes=10, in_chans=1, stem="conv", drop_path_rate=0.1, **overrides)
+    aux = getattr(base, "aux_loss", None) is not None
+    runs = {}
+    for label, (fused, _) in VARIANTS.items():
+        model = copy.deepcopy(base)
+        runs[label] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None))
+    x, y = torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
+
+    def step(label: str) -> None:
+        model, opt = runs[label]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=VARIANTS[label][1]):
+            loss = F.cross_entropy(model(x).float(), y)
+            if aux:
+                loss = loss + model.aux_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    best = dict.fromkeys(runs, 0.0)
+    for label in runs:  # warm-up: numba compilation, allocator
+        for _ in range(2):
+            step(label)
+    for _ in range(args.rounds):
+        for label in runs:
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step(label)
+            best[label] = max(best[label], args.batch * args.steps / (time.perf_counter() - start))
+    first = next(iter(best.values()))
+    print(f"{args.model}, batch {args.batch}, {torch.get_num_threads()} thread(s), best of {args.rounds} rounds")
+    print("| variant | train img/s | vs first |\n| --- | --- | --- |")
+    for label, rate in best.items():
+        print(f"| {label} | {rate:.1f} | {rate / first:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
