@@ -4,8 +4,9 @@
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/train_step.py --model vim2_femto:switch_of_scans=true
 
 One forward + backward + AdamW step on random 28x28 one-channel images, for each variant:
-``foreach`` (AdamW's multi-tensor update, the library's optimiser until 2026-11-23) or ``fused``
-(one fused kernel, now the default in ``build_optimizer``), under bfloat16 autocast or in float32.
+``for-loop`` (PyTorch's default update on the CPU, one parameter at a time: the library's
+optimiser until 2026-11-23) or ``fused`` (one fused kernel, now the default of
+``build_optimizer``), under bfloat16 autocast or in float32.
 Every variant has its own copy of the model (same initial weights); rounds of ``--steps`` steps
 alternate between the variants, and the best round of each is kept, so a load that comes and goes
 on a shared machine hits them alike. Ratios are against the first variant of the same run.
@@ -21,22 +22,19 @@ import torch
 import torch.nn.functional as F
 
 from mambamixer import create_model
+from mambamixer.cli import key_value
 
 VARIANTS = {  # name: (fused optimiser, bfloat16 autocast)
-    "foreach, bf16": (False, True),
+    "for-loop, bf16": (False, True),
     "fused, bf16": (True, True),
     "fused, fp32": (True, False),
 }
 
 
 def parse_model(spec: str) -> tuple[str, dict]:
-    """'name:key=value,key=value' -> (name, overrides); values are Python literals or strings."""
+    """'name:key=value,key=value' -> (name, overrides); values parsed as ``--set`` parses them."""
     name, _, rest = spec.partition(":")
-    overrides = {}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        overrides[key] = {"true": True, "false": False}.get(value.lower(), value)
-    return name, overrides
+    return name, dict(key_value(item) for item in filter(None, rest.split(",")))
 
 
 def main() -> None:

@@ -528,3 +528,24 @@ def test_optimizer_is_fused_and_exempts_biases_and_norms_from_weight_decay():
         decayed, exempt = opt.param_groups
         assert [p.shape for p in decayed["params"]] == [(8, 4), (2, 8)] and decayed["weight_decay"] == 0.05
         assert len(exempt["params"]) == 4 and exempt["weight_decay"] == 0.0  # 2 biases, LayerNorm weight and bias
+
+
+def test_resuming_a_state_saved_before_the_fused_update_keeps_it_fused():
+    from mambamixer.training.trainer import TrainConfig, TrainState, build_optimizer
+
+    config = TrainConfig(epochs=1, lr=1e-3)
+    model = nn.Linear(3, 2)
+    groups = [{"params": [model.weight], "weight_decay": config.weight_decay},
+              {"params": [model.bias], "weight_decay": 0.0}]
+    old = torch.optim.AdamW(groups, lr=1e-3)  # fused=None: how earlier runs saved their state
+    model(torch.randn(4, 3)).sum().backward()
+    old.step()
+    state = TrainState(model, old, LRSchedule(config, 1))
+    blob = state.state_dict(rng=[])
+    assert [g["fused"] for g in blob["optimizer"]["param_groups"]] == [None, None]
+    resumed = TrainState(model, build_optimizer(model, config), LRSchedule(config, 1))
+    resumed.load_state_dict(blob)
+    assert [g["fused"] for g in resumed.optimizer.param_groups] == [True, True]
+    assert torch.equal(resumed.optimizer.state[model.weight]["exp_avg"], old.state[model.weight]["exp_avg"])
+    model(torch.randn(4, 3)).sum().backward()
+    resumed.optimizer.step()  # the fused kernel accepts the loaded step counters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from forecast_helpers import etth1_validation_losses
@@ -107,19 +108,31 @@ def test_default_lookback_is_the_registered_one():
     assert default_seq_len("tsm2") == default_seq_len("patchtst") == 96
 
 
-def test_mark_levels_invert_the_calendar_features():
+@pytest.mark.parametrize(("freq", "step"), [("s", "17s"), ("t", "15min"), ("h", "h"), ("d", "D"), ("w", "W"),
+                                           ("m", "MS")])  # fmt: skip
+def test_mark_levels_invert_the_calendar_features(freq, step):
     import pandas as pd
 
-    from mambamixer.data.forecast import mark_levels, mark_names_for, time_features
+    from mambamixer.data.calendar import mark_levels, mark_names_for
+    from mambamixer.data.forecast import time_features
 
-    dates = pd.date_range("2016-07-01", periods=24 * 400, freq="h")
-    feats, names = time_features(dates, "h")
-    assert tuple(names) == mark_names_for(4)
-    marks = torch.from_numpy(feats)
-    assert torch.equal(mark_levels(marks[:, 0], "HourOfDay"), torch.as_tensor(dates.hour.to_numpy().copy()))
-    assert torch.equal(mark_levels(marks[:, 1], "DayOfWeek"), torch.as_tensor(dates.day_of_week.to_numpy().copy()))
-    assert torch.equal(mark_levels(marks[:, 2], "DayOfMonth"), torch.as_tensor(dates.day.to_numpy() - 1))
-    assert torch.equal(mark_levels(marks[:, 3], "DayOfYear"), torch.as_tensor(dates.day_of_year.to_numpy() - 1))
+    dates = pd.date_range("2019-12-20", "2021-01-05 23:59", freq=step)  # 2020: a leap day and ISO week 53
+    dates = dates[:: max(1, len(dates) // 20000)] if freq in ("s", "t") else dates
+    feats, names = time_features(dates, freq)
+    assert tuple(names) == mark_names_for(len(names))
+    expected = {"SecondOfMinute": dates.second, "MinuteOfHour": dates.minute, "HourOfDay": dates.hour,
+                "DayOfWeek": dates.day_of_week, "DayOfMonth": dates.day - 1, "DayOfYear": dates.day_of_year - 1,
+                "MonthOfYear": dates.month - 1, "WeekOfYear": dates.isocalendar().week - 1}  # fmt: skip
+    for column, name in enumerate(names):
+        levels = mark_levels(torch.from_numpy(feats[:, column].copy()), name)
+        assert torch.equal(levels, torch.as_tensor(np.asarray(expected[name], dtype=np.int64))), name
+    if freq == "h":
+        assert feats[:, names.index("DayOfYear")].max() == 0.5  # day 366 of 2020 reached the top level
+
+
+def test_mark_names_for_an_unknown_count():
+    from mambamixer.data.calendar import mark_names_for
+
     with pytest.raises(ValueError, match="no frequency has 9 calendar features"):
         mark_names_for(9)
 
@@ -164,6 +177,7 @@ def test_calendar_profile_needs_marks():
         small(calendar_profile="HourOfDay")
     with pytest.raises(ValueError, match="among this data's calendar features"):
         small(n_marks=4, calendar_profile="MinuteOfHour")
+    assert small(calendar_profile=None).profile is None and small(calendar_profile=None).config.calendar_profile == ()
     model = small(n_marks=4, calendar_profile=["HourOfDay", "DayOfWeek"])
     with pytest.raises(ValueError, match="needs x_mark and y_mark"):
         model(torch.randn(2, 48, 5))

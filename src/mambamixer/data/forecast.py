@@ -33,19 +33,18 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from mambamixer.data.calendar import FREQ_FEATURES, MARK_LEVELS
 from mambamixer.data.download import fetch, resolve_data_dir
 
 __all__ = [
     "BENCHMARKS",
     "BenchmarkSpec",
-    "MARK_LEVELS",
+    "FREQ_FEATURES",
     "ForecastData",
     "ForecastWindows",
     "get_benchmark",
     "list_benchmarks",
     "load_forecast_data",
-    "mark_levels",
-    "mark_names_for",
     "resolve_dataset_file",
     "time_features",
 ]
@@ -152,35 +151,16 @@ def _known_names() -> str:
 # Calendar covariates (Time-Series-Library ``timeF``)
 # ---------------------------------------------------------------------------------------------
 
-def _week_of_year(idx: pd.DatetimeIndex) -> np.ndarray:
-    return idx.isocalendar().week.to_numpy(dtype=np.float64)
-
-
-_TIME_FEATURES: dict[str, Callable[[pd.DatetimeIndex], np.ndarray]] = {
-    "SecondOfMinute": lambda i: i.second.to_numpy(np.float64) / 59.0 - 0.5,
-    "MinuteOfHour": lambda i: i.minute.to_numpy(np.float64) / 59.0 - 0.5,
-    "HourOfDay": lambda i: i.hour.to_numpy(np.float64) / 23.0 - 0.5,
-    "DayOfWeek": lambda i: i.day_of_week.to_numpy(np.float64) / 6.0 - 0.5,
-    "DayOfMonth": lambda i: (i.day.to_numpy(np.float64) - 1) / 30.0 - 0.5,
-    "DayOfYear": lambda i: (i.day_of_year.to_numpy(np.float64) - 1) / 365.0 - 0.5,
-    "MonthOfYear": lambda i: (i.month.to_numpy(np.float64) - 1) / 11.0 - 0.5,
-    "WeekOfYear": lambda i: (_week_of_year(i) - 1) / 52.0 - 0.5,
-}
-_DAY = ("DayOfWeek", "DayOfMonth", "DayOfYear")
-# Same features and order as Time-Series-Library's time_features(dates, freq).
-FREQ_FEATURES: dict[str, tuple[str, ...]] = {
-    "s": ("SecondOfMinute", "MinuteOfHour", "HourOfDay", *_DAY),
-    "t": ("MinuteOfHour", "HourOfDay", *_DAY),
-    "h": ("HourOfDay", *_DAY),
-    "d": _DAY,
-    "b": _DAY,
-    "w": ("DayOfMonth", "WeekOfYear"),
-    "m": ("MonthOfYear",),
-}
-# Distinct values of each feature: feature = level / (levels - 1) - 0.5 for level 0 .. levels - 1.
-MARK_LEVELS: dict[str, int] = {
-    "SecondOfMinute": 60, "MinuteOfHour": 60, "HourOfDay": 24, "DayOfWeek": 7, "DayOfMonth": 31,
-    "DayOfYear": 366, "MonthOfYear": 12, "WeekOfYear": 53,
+# The 0-based level of each feature (data/calendar.py); the feature is level / (levels - 1) - 0.5.
+_LEVELS: dict[str, Callable[[pd.DatetimeIndex], np.ndarray]] = {
+    "SecondOfMinute": lambda i: i.second.to_numpy(np.float64),
+    "MinuteOfHour": lambda i: i.minute.to_numpy(np.float64),
+    "HourOfDay": lambda i: i.hour.to_numpy(np.float64),
+    "DayOfWeek": lambda i: i.day_of_week.to_numpy(np.float64),
+    "DayOfMonth": lambda i: i.day.to_numpy(np.float64) - 1,
+    "DayOfYear": lambda i: i.day_of_year.to_numpy(np.float64) - 1,
+    "MonthOfYear": lambda i: i.month.to_numpy(np.float64) - 1,
+    "WeekOfYear": lambda i: i.isocalendar().week.to_numpy(dtype=np.float64) - 1,
 }
 _FREQ_ALIASES = {"min": "t", "minute": "t", "hour": "h", "day": "d", "week": "w", "month": "m", "sec": "s"}
 
@@ -199,25 +179,8 @@ def time_features(dates: pd.DatetimeIndex | Sequence, freq: str) -> tuple[np.nda
     names = list(FREQ_FEATURES[_normalise_freq(freq)])
     if not names:
         return np.zeros((len(idx), 0), np.float32), names
-    feats = np.stack([_TIME_FEATURES[n](idx) for n in names], axis=1)
+    feats = np.stack([_LEVELS[n](idx) / float(MARK_LEVELS[n] - 1) - 0.5 for n in names], axis=1)
     return np.ascontiguousarray(feats, dtype=np.float32), names
-
-
-def mark_names_for(n_marks: int) -> tuple[str, ...]:
-    """The calendar features behind ``n_marks`` columns of :func:`time_features` (every
-    frequency has its own count; 'd' and 'b' share theirs and their features)."""
-    for names in FREQ_FEATURES.values():
-        if len(names) == n_marks:
-            return names
-    counts = sorted({len(v) for v in FREQ_FEATURES.values()})
-    raise ValueError(f"no frequency has {n_marks} calendar features: expected one of {counts}")
-
-
-def mark_levels(marks: torch.Tensor, name: str) -> torch.Tensor:
-    """Integer level (hour 0-23, day of week 0-6, ...) of a calendar feature column of
-    :func:`time_features` (values in [-0.5, 0.5]); any shape, returns int64 of the same shape."""
-    top = MARK_LEVELS[name] - 1
-    return torch.round((marks + 0.5) * top).long().clamp_(0, top)
 
 
 def _infer_freq(dates: pd.DatetimeIndex) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mambamixer.data.forecast import MARK_LEVELS, mark_levels
+from mambamixer.data.calendar import MARK_LEVELS, mark_levels
 
 
 class CalendarProfile(nn.Module):

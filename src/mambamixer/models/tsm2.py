@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mambamixer.data.forecast import mark_names_for
+from mambamixer.data.calendar import mark_names_for
 from mambamixer.layers.calendar_profile import CalendarProfile
 from mambamixer.layers.channel_mixer import ChannelMixer
 from mambamixer.layers.mamba_mixer import MambaMixer
@@ -66,9 +66,8 @@ class TSM2Config:
     calendar_profile: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.calendar_profile, str):
-            self.calendar_profile = (self.calendar_profile,)
-        self.calendar_profile = tuple(self.calendar_profile)
+        profile = self.calendar_profile  # also a name, or a list (from JSON or --set), or None
+        self.calendar_profile = (profile,) if isinstance(profile, str) else tuple(profile or ())
 
     @property
     def n_patches(self) -> int:

@@ -156,8 +156,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    # the fused kernel updates every parameter in one pass: 2.5-4.5% more training images/s for
-    # the vision femto models on this CPU (benchmarks/README.md); it needs floating CPU/CUDA tensors
+    # the fused kernel updates every parameter in one pass (on the CPU the default is a loop over
+    # the parameters): 3.5-6% more training images/s for vim2_femto (benchmarks/train_step.py);
+    # it needs floating-point CPU or CUDA tensors
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for _, p in params)
     return cls(groups, lr=config.lr, fused=fused or None)
 
@@ -212,8 +213,14 @@ class TrainState:
             self.model.load_state_dict(blob["model"], strict=True)
         except RuntimeError as err:
             raise ValueError(f"the training state does not fit this model: {err}") from err
+        saved = blob["optimizer"]
+        if len(saved.get("param_groups", ())) == len(self.optimizer.param_groups):
+            # the kernel choice (fused, foreach) is this run's, not the saved run's: a state saved
+            # before the fused update would otherwise turn it off again
+            kernel = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups]
+            saved = {**saved, "param_groups": [{**g, **k} for g, k in zip(saved["param_groups"], kernel, strict=True)]}
         try:
-            self.optimizer.load_state_dict(blob["optimizer"])
+            self.optimizer.load_state_dict(saved)
         except (ValueError, KeyError, RuntimeError) as err:
             raise ValueError(f"the optimiser state does not fit this model: {err}") from err
         for key in ("epoch", "step", "step_in_epoch", "best_epoch", "bad_epochs"):
