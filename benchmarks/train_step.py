@@ -19,10 +19,10 @@ import copy
 import time
 
 import torch
-import torch.nn.functional as F
 
 from mambamixer import create_model
 from mambamixer.cli import key_value
+from mambamixer.tasks.classify import classification_loss
 
 VARIANTS = {  # name: (fused optimiser, bfloat16 autocast)
     "for-loop, bf16": (False, True),
@@ -47,7 +47,6 @@ def main() -> None:
     torch.manual_seed(0)
     name, overrides = parse_model(args.model)
     base = create_model(name, num_classes=10, in_chans=1, stem="conv", drop_path_rate=0.1, **overrides)
-    aux = getattr(base, "aux_loss", None) is not None
     runs = {}
     for label, (fused, _) in VARIANTS.items():
         model = copy.deepcopy(base)
@@ -57,9 +56,7 @@ def main() -> None:
     def step(label: str) -> None:
         model, opt = runs[label]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=VARIANTS[label][1]):
-            loss = F.cross_entropy(model(x).float(), y)
-            if aux:
-                loss = loss + model.aux_loss()
+            loss = classification_loss(model, x, y)  # cross-entropy + the model's aux loss (SoS balancing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

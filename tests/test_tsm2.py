@@ -177,7 +177,8 @@ def test_calendar_profile_needs_marks():
         small(calendar_profile="HourOfDay")
     with pytest.raises(ValueError, match="among this data's calendar features"):
         small(n_marks=4, calendar_profile="MinuteOfHour")
-    assert small(calendar_profile=None).profile is None and small(calendar_profile=None).config.calendar_profile == ()
+    unset = small(calendar_profile=None)
+    assert unset.profile is None and unset.config.calendar_profile == ()
     model = small(n_marks=4, calendar_profile=["HourOfDay", "DayOfWeek"])
     with pytest.raises(ValueError, match="needs x_mark and y_mark"):
         model(torch.randn(2, 48, 5))

@@ -39,7 +39,6 @@ from mambamixer.data.download import fetch, resolve_data_dir
 __all__ = [
     "BENCHMARKS",
     "BenchmarkSpec",
-    "FREQ_FEATURES",
     "ForecastData",
     "ForecastWindows",
     "get_benchmark",

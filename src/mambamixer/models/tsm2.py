@@ -151,8 +151,6 @@ class TSM2(PretrainedMixin, nn.Module):
         self._check_inputs(x, x_mark, y_mark, static)
         x, stats = self.revin.normalize(x)
         if self.profile is not None:
-            if x_mark is None or y_mark is None:
-                raise ValueError("this TSM2 has a calendar profile: forward needs x_mark and y_mark")
             x = x - self.profile(x_mark)
         tokens = self.mixer(self.embed(x, x_mark, static))  # (batch, n_vars, n_patches, d_model)
         y = self.head(self.norm(tokens)).transpose(1, 2)  # (batch, horizon, n_vars)
@@ -165,6 +163,8 @@ class TSM2(PretrainedMixin, nn.Module):
     def _check_inputs(self, x: Tensor, x_mark: Tensor | None, y_mark: Tensor | None, static: Tensor | None) -> None:
         c = self.config
         check_series(self, x)
+        if self.profile is not None and (x_mark is None or y_mark is None):
+            raise ValueError("this TSM2 has a calendar profile: forward needs x_mark and y_mark")
         for name, t, length in (("x_mark", x_mark, c.seq_len), ("y_mark", y_mark, c.horizon)):
             if t is not None and c.n_marks and tuple(t.shape) != (x.shape[0], length, c.n_marks):
                 raise ValueError(f"{name} must have shape (batch, {length}, n_marks={c.n_marks}), got {tuple(t.shape)}")
