@@ -46,7 +46,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 # Recipe changes passed on to every run: (classify flag, argument, tag in the run key).
 RECIPE_FLAGS = (("--lr", "lr", "lr"), ("--warmup-epochs", "warmup_epochs", "warmup"),
                 ("--batch-size", "batch_size", "batch"), ("--augment", "augment", "aug"),
-                ("--val-fraction", "val_fraction", "val"), ("--ema-decay", "ema_decay", "ema"))
+                ("--val-fraction", "val_fraction", "val"), ("--ema-decay", "ema_decay", "ema"), ("--tta", "tta", "tta"))
 
 
 def run_key(spec: str, args: argparse.Namespace, epochs: int) -> str:
@@ -90,21 +90,25 @@ def run_one(spec: str, key: str, epochs: int, args: argparse.Namespace) -> dict:
             "seconds_per_epoch", "epochs_run", "best_epoch", "train_images", "test_images")
     return {"key": key, "model": spec, "data": args.data, "epochs": epochs, "seed": args.seed,
             "limit_train": args.limit_train, "limit_eval": args.limit_eval, "bf16": args.bf16,
-            "device": m["run"]["device"], **{k: m[k] for k in keep}}
+            "device": m["run"]["device"], "test_tta_top1": m.get("test_tta_top1"), **{k: m[k] for k in keep}}
 
 
 def table(rows: list[dict], data: str) -> str:
-    lines = ["| model | params | test top-1 | top-5 | train img/s | inference img/s | peak MB | s/epoch | training min "
-             "| epochs | train / test images |", "|" + " --- |" * 11]
+    tta = any(r.get("test_tta_top1") is not None for r in rows)  # a column for flip TTA when any run has it
+    lines = [f"| model | params | test top-1 |{' flip TTA top-1 |' if tta else ''} top-5 | train img/s "
+             "| inference img/s | peak MB | s/epoch | training min | epochs | train / test images |",
+             "|" + " --- |" * (11 + tta)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['n_params']:,} | {r['test_top1']:.2%} | {r['test_top5']:.2%} | "
+        tta_cell = "" if not tta else f" {r['test_tta_top1']:.2%} |" if r.get("test_tta_top1") is not None else " - |"
+        lines.append(f"| {r['model']} | {r['n_params']:,} | {r['test_top1']:.2%} |{tta_cell} {r['test_top5']:.2%} | "
                      f"{r['train_images_per_second']:.0f} | {r['inference_images_per_second']:.0f} | "
                      f"{r['peak_memory_mb']:.0f} | {r['seconds_per_epoch']:.0f} | {r['train_seconds'] / 60:.1f} | "
                      f"{r['epochs']} | "
                      f"{r['train_images']} / {r['test_images']} |")
     if data == "fashion-mnist":
         for model, acc in PUBLISHED:
-            lines.append(f"| {model} (published) | - | {acc} | - | - | - | - | - | - | - | 60000 / 10000 |")
+            lines.append(f"| {model} (published) | - | {acc} |{' - |' if tta else ''} - | - | - | - | - | - | - "
+                         "| 60000 / 10000 |")
     return "\n".join(lines)
 
 
@@ -129,6 +133,7 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=None,
                         help="held-out part of the training images (default 0.1; 0: train on all of them)")
     parser.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights (default: none)")
+    parser.add_argument("--tta", default=None, help="also report test top-1 with this test-time augmentation (flip)")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at the same time")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads per process (default: as set)")
     parser.add_argument("--procs", type=int, default=1, help="DDP processes per run (torchrun; default 1: none)")

@@ -1,7 +1,7 @@
 """Run under ``torchrun --nproc-per-node 2`` by test_distributed.py: several short CLI runs in one
 launch (starting the processes is what costs), their exit codes written to ``OUT/exit_codes.json``.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_driver.py OUT CSV
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_driver.py OUT CSV FOLDER
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ SOS_TINY = ("--set", "switch_of_scans=true", "--set", "dims=[8,16,32]", "--set",
 TSM2_TINY = ("--set", "d_model=16", "--set", "n_blocks=1")  # dropout 0.2 stays on: per-rank RNG streams
 
 
-def run_all(out: Path, csv: str) -> dict[str, int]:
+def folder_tta_args(folder: str, out: Path) -> list[str]:
+    """A one-epoch ImageFolder run scored with flip test-time augmentation (equal on one process and two)."""
+    return ["classify", "--model", "vit_test", "--data", folder, "--epochs", "1", "--batch-size", "8",
+            "--warmup-epochs", "0", "--no-augment", "--set", "dropout=0", "--set", "patch_size=2", "--tta", "flip",
+            "--quiet", "--out", str(out)]
+
+
+def run_all(out: Path, csv: str, folder: str) -> dict[str, int]:
     codes = {
         # equivalence with one process: no dropout, no augmentation, no BatchNorm
         "forecast": main(forecast_args("dlinear", csv, out / "forecast")),
@@ -35,6 +42,8 @@ def run_all(out: Path, csv: str) -> dict[str, int]:
         # Switch of Scans: 8 images a process, 2 of 8 scans each, so most steps leave a scan unchosen
         "switch_of_scans": main([*CLASSIFY, "--model", "vim2_femto", "--out", str(out / "switch_of_scans"),
                                  *SOS_TINY]),
+        # test-time augmentation on each rank's share of the test images, the sums all-reduced
+        "tta": main(folder_tta_args(folder, out / "tta")),
         # exact resume across processes, with dropout
         "uninterrupted": main(forecast_args("tsm2", csv, out / "uninterrupted", *TSM2_TINY)),
     }
@@ -46,7 +55,7 @@ def run_all(out: Path, csv: str) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    out_dir, data = Path(sys.argv[1]), sys.argv[2]
-    result = run_all(out_dir, data)
+    out_dir, data, images = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    result = run_all(out_dir, data, images)
     if os.environ.get("RANK") == "0":
         (out_dir / "exit_codes.json").write_text(json.dumps(result))

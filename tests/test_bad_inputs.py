@@ -141,6 +141,8 @@ def test_forecast_bad_input(change: dict[str, str | None], message: str, files: 
         ({"--batch-size": "-8"}, "must be a positive integer"),
         ({"--set": "in_chans=3"}, "cannot set ['in_chans']"),
         ({"--resume": None}, "nothing to resume"),
+        ({"--tta": "rotate"}, "unknown test-time augmentation 'rotate'"),
+        ({"--tta": "flip"}, "a mirrored digits image can change its label"),
     ],
 )
 def test_classify_bad_input(change: dict[str, str | None], message: str, tmp_path: Path,

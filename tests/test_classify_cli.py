@@ -13,8 +13,16 @@ from cli_helpers import with_flags
 from image_helpers import make_folder
 
 from mambamixer.cli import main
+from mambamixer.data.augment import ImageTransform
+from mambamixer.data.images import ImageSplit
 from mambamixer.models import create_model, list_models, registry
-from mambamixer.tasks.classify import build_vision_model, classification_loss, evaluate_classify, run_classify
+from mambamixer.tasks.classify import (
+    build_vision_model,
+    classification_loss,
+    classification_metrics,
+    evaluate_classify,
+    run_classify,
+)
 from mambamixer.training import load_checkpoint, load_train_state
 
 pytest.importorskip("sklearn")  # digits
@@ -80,13 +88,32 @@ def test_image_folder_run(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "pets", n=8, size=(8, 8))
     out = tmp_path / "run"
     assert main(["classify", "--model", "vit_test", "--data", str(root), "--epochs", "1", "--out", str(out),
-                 "--quiet", "--bf16", "--set", "patch_size=2", "--augment", "flip,crop=1"]) == 0
+                 "--quiet", "--bf16", "--set", "patch_size=2", "--augment", "flip,crop=1", "--tta", "flip"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     augment = metrics["run"]["augment"]
     assert (augment["hflip"], augment["crop_padding"], augment["erase_prob"]) == (True, 1, 0.0)
     assert metrics["run"]["in_chans"] == 3 and metrics["run"]["classes"] == ["cat", "dog"]
     assert metrics["run"]["training"]["bf16"] is True and math.isfinite(metrics["test_loss"])
-    assert evaluate_classify(out)["test_top1"] == metrics["test_top1"]
+    assert metrics["run"]["tta"] == metrics["tta"] == "flip" and math.isfinite(metrics["test_tta_loss"])
+    again = evaluate_classify(out)  # the run's TTA is reused
+    assert again["test_top1"] == metrics["test_top1"] and again["test_tta_top1"] == metrics["test_tta_top1"]
+
+
+def test_flip_tta_averages_the_softmax_of_image_and_mirror() -> None:
+    """classification_metrics(tta="flip"): the mean probability over each image and its mirror."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))  # not mirror-invariant
+    split = ImageSplit(torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 3, (40,)))
+    transform = ImageTransform([0.5], [0.25])
+    x = transform(split.images)
+    with torch.no_grad():
+        probs = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
+        plain = classification_metrics(model, split, transform, 3, batch_size=16)
+        tta = classification_metrics(model, split, transform, 3, batch_size=16, tta="flip")
+    assert tta["top1"] == (probs.argmax(1) == split.labels).double().mean().item()
+    assert tta["loss"] == pytest.approx(-probs[torch.arange(40), split.labels].log().mean().item(), rel=1e-5)
+    assert tta["confusion"].sum() == 40 and not torch.equal(tta["confusion"], plain["confusion"])  # mirror counts
+    assert plain["loss"] == pytest.approx(torch.nn.functional.cross_entropy(model(x), split.labels).item(), rel=1e-5)
 
 
 @pytest.fixture

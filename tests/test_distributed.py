@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_driver import CLASSIFY, forecast_args
+from ddp_driver import CLASSIFY, folder_tta_args, forecast_args
 from forecast_helpers import make_series_csv
+from image_helpers import make_folder
 
 from mambamixer.cli import main
 
@@ -28,10 +29,11 @@ DRIVER = Path(__file__).with_name("ddp_driver.py")
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("ddp")
     csv = str(make_series_csv(root / "toy.csv"))
+    folder = str(make_folder(root / "pets", n=16, size=(8, 8)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     env.pop("MAMBAMIXER_STOP_AFTER_STEPS", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(DRIVER),
-           str(root), csv]
+           str(root), csv, folder]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return root, csv, proc
@@ -48,7 +50,8 @@ def _close(a: float, b: float, rel: float = 1e-5) -> bool:
 def test_exit_codes(ddp) -> None:
     root, _, _ = ddp
     assert json.loads((root / "exit_codes.json").read_text()) == {
-        "forecast": 0, "classify": 0, "switch_of_scans": 0, "uninterrupted": 0, "stopped": 130, "resumed": 0}
+        "forecast": 0, "classify": 0, "switch_of_scans": 0, "tta": 0, "uninterrupted": 0, "stopped": 130,
+        "resumed": 0}
 
 
 def test_forecast_on_two_processes_equals_one(ddp, tmp_path: Path) -> None:
@@ -76,6 +79,17 @@ def test_classify_on_two_processes_equals_one(ddp, tmp_path: Path) -> None:
     assert all(_close(a["train_loss"], b["train_loss"]) for a, b in zip(one["history"], two["history"], strict=True))
 
 
+def test_flip_tta_on_two_processes_equals_one(ddp, tmp_path: Path) -> None:
+    root, _, _ = ddp
+    assert main(folder_tta_args(str(root / "pets"), tmp_path / "single")) == 0
+    one, two = _metrics(tmp_path / "single"), _metrics(root / "tta")
+    assert two["run"]["processes"] == 2 and two["tta"] == one["tta"] == "flip"
+    assert two["test_images"] == one["test_images"] > 0
+    for key in ("test_loss", "test_tta_loss"):
+        assert _close(two[key], one[key]), (key, two[key], one[key])
+    assert two["test_tta_loss"] != one["test_loss"]  # the mirrored views changed the scores
+
+
 def test_resume_on_two_processes_is_exact(ddp) -> None:
     root, _, _ = ddp
     whole, resumed = _metrics(root / "uninterrupted"), _metrics(root / "resumed")
@@ -86,7 +100,7 @@ def test_resume_on_two_processes_is_exact(ddp) -> None:
 
 def test_rank_zero_alone_writes_and_prints(ddp) -> None:
     root, _, proc = ddp
-    assert proc.stdout.count("test MSE") == 3 and proc.stdout.count("test top-1") == 2  # 3 forecasts, 2 classify
+    assert proc.stdout.count("test MSE") == 3 and proc.stdout.count("test top-1") == 3  # 3 forecasts, 3 classify
     assert proc.stderr.count("SIGINT: stopped at epoch 2, step 7 of 23") == 1
     assert not list(root.rglob("*.tmp"))
     assert sorted(p.name for p in (root / "forecast").iterdir()) == [

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training augmentation: default (the dataset's recipe), none, or a comma list of flip, "
                         "crop=PIXELS, erase=PROB (e.g. flip,crop=2)")
     p.add_argument("--no-augment", action="store_true", help="no random crops, flips or erasing (--augment none)")
+    p.add_argument("--tta", default=None, metavar="MODE",
+                   help="also report test metrics with test-time augmentation (flip: mean softmax of each image and "
+                        "its mirror); the plain test metrics are kept")
     p.add_argument("--limit-train", type=positive_int, default=None,
                    help="train on a seeded subset of N training images (quick checks)")
     p.add_argument("--limit-eval", type=positive_int, default=None,
@@ -120,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "classify: top-1/top-5/loss); the task is read from the checkpoint.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files (default: the run's)")
+    p.add_argument("--tta", default=None, metavar="MODE",
+                   help="classify runs: also report the test metrics with this test-time augmentation (default: the "
+                        "run's own)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("models", parents=[common], help="list registered models")
@@ -170,7 +176,7 @@ def _classify(args: argparse.Namespace) -> int:
         model_overrides=dict(args.overrides or []), weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
         ema_decay=args.ema_decay, patience=args.patience, bf16=args.bf16, augment=_augment_choice(args),
-        limit_train=args.limit_train, limit_eval=args.limit_eval, resume=args.resume,
+        limit_train=args.limit_train, limit_eval=args.limit_eval, resume=args.resume, tta=args.tta,
         **({} if args.val_fraction is None else {"val_fraction": args.val_fraction}),
     )
     return 0
@@ -202,12 +208,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _evaluate_classify(args: argparse.Namespace) -> int:
     from mambamixer.tasks.classify import evaluate_classify
 
-    r = evaluate_classify(args.run_dir, data_dir=args.data_dir)
+    r = evaluate_classify(args.run_dir, data_dir=args.data_dir, tta=args.tta)
     print(f"{r['model']} {r['data']}: test top-1 {r['test_top1']:.4f}  top-5 {r['test_top5']:.4f}  "
           f"loss {r['test_loss']:.4f}  ({r['test_images']} images)")
     if r.get("stored_test_top1") is not None:
         print(f"metrics.json: test top-1 {r['stored_test_top1']:.4f}  top-5 {r['stored_test_top5']:.4f}  "
               f"loss {r['stored_test_loss']:.4f}")
+    if r["tta"]:
+        print(f"with {r['tta']} test-time augmentation: top-1 {r['test_tta_top1']:.4f}  "
+              f"top-5 {r['test_tta_top5']:.4f}  loss {r['test_tta_loss']:.4f}")
+        if r.get("stored_test_tta_top1") is not None:
+            print(f"metrics.json: {r['tta']} test-time augmentation top-1 {r['stored_test_tta_top1']:.4f}")
     return 0
 
 

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["AugmentConfig", "ImageTransform", "default_augment", "parse_augment", "random_crop", "random_erase",
-           "random_hflip"]
+__all__ = ["TTA_MODES", "AugmentConfig", "ImageTransform", "check_tta", "default_augment", "flips_fit", "parse_augment",
+           "random_crop", "random_erase", "random_hflip", "tta_views"]
+
+TTA_MODES = ("flip",)  # test-time augmentation: the image and its mirror
 
 
 @dataclass
@@ -38,10 +40,32 @@ class AugmentConfig:
                              f"{self.erase_prob}")
 
 
+def flips_fit(dataset: str) -> bool:
+    """Whether a mirrored image keeps its label: not for digits and MNIST (a mirrored 2 is no 2)."""
+    return dataset not in ("digits", "mnist")
+
+
 def default_augment(dataset: str, img_size: int) -> AugmentConfig:
     """The recipe's augmentation: crop padding img_size // 8; flips and erasing except on digits and MNIST."""
-    digits = dataset in ("digits", "mnist")
-    return AugmentConfig(crop_padding=max(1, img_size // 8), hflip=not digits, erase_prob=0.0 if digits else 0.25)
+    fit = flips_fit(dataset)
+    return AugmentConfig(crop_padding=max(1, img_size // 8), hflip=fit, erase_prob=0.25 if fit else 0.0)
+
+
+def check_tta(tta: str | None, dataset: str) -> str | None:
+    """Validate a test-time augmentation mode (None or one of ``TTA_MODES``) for ``dataset``."""
+    if tta is None:
+        return None
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; known: {TTA_MODES} (or none)")
+    if not flips_fit(dataset):
+        raise ValueError(f"flip test-time augmentation averages over mirrored images, but a mirrored {dataset} "
+                         f"image can change its label")
+    return tta
+
+
+def tta_views(x: Tensor, tta: str | None) -> list[Tensor]:
+    """The views (each (batch, C, H, W)) whose predictions a TTA prediction averages: [x], or [x, mirrored x]."""
+    return [x] if tta is None else [x, x.flip(-1)]
 
 
 def parse_augment(spec: str, dataset: str, img_size: int) -> AugmentConfig | None:

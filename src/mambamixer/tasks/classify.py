@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mambamixer.data.augment import AugmentConfig, ImageTransform, parse_augment
+from mambamixer.data.augment import AugmentConfig, ImageTransform, check_tta, parse_augment, tta_views
 from mambamixer.data.images import (
     VAL_FRACTION,
     BatchLoader,
@@ -119,10 +119,11 @@ def classification_loss(model: nn.Module, images: Tensor, labels: Tensor, label_
 @torch.no_grad()
 def classification_metrics(model: nn.Module, split: ImageSplit, transform: ImageTransform, num_classes: int,
                            batch_size: int = DEFAULT_EVAL_BATCH_SIZE, device: torch.device | str | None = None,
-                           bf16: bool = False, ctx: Context | None = None) -> dict[str, Any]:
+                           bf16: bool = False, ctx: Context | None = None, tta: str | None = None) -> dict[str, Any]:
     """Top-1, top-k (k = min(5, classes)), mean cross-entropy (no smoothing) and the confusion matrix
     over every image of ``split`` (no image dropped; sums in float64). Distributed (``ctx``), each
-    rank takes a contiguous share of the images and the sums are all-reduced.
+    rank takes a contiguous share of the images and the sums are all-reduced. ``tta="flip"`` scores
+    the mean of the softmax over each image and its mirror (its log is the logits), two forwards per image.
 
     Returns ``{"top1", "top5", "loss", "images", "confusion" (classes, classes) int64 tensor
     (rows true, columns predicted), "seconds" (this process's forward passes)}``.
@@ -146,7 +147,9 @@ def classification_metrics(model: nn.Module, split: ImageSplit, transform: Image
         x = transform(images)
         t0 = time.perf_counter()
         with autocast(device, bf16):
-            logits = model(x).float()
+            views = [F.log_softmax(model(v).float(), dim=1) for v in tta_views(x, tta)]
+        # log of the mean probability over the views (a single view: its log-softmax, same ranking and loss)
+        logits = views[0] if len(views) == 1 else torch.stack(views).logsumexp(dim=0) - math.log(len(views))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - t0
@@ -287,6 +290,7 @@ def run_classify(
     eval_batch_size: int | None = None,
     device: str | torch.device | None = None,
     resume: bool = False,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Train vision model ``model`` on ``data`` and write the run folder; returns the metrics dict.
 
@@ -295,8 +299,10 @@ def run_classify(
     dataset's default (``default_augment``), False for none, an ``AugmentConfig``, or a spec string
     of ``parse_augment`` ("flip,crop=2").
     ``patience=0`` or None runs every epoch. ``limit_train`` / ``limit_eval`` keep seeded subsets
-    of the training / the validation and test images (quick checks). ``batch_size`` is the global batch
-    of one optimiser step (split over the processes under ``torchrun``). ``resume=True`` continues the
+    of the training / the validation and test images (quick checks). ``tta="flip"`` also reports the
+    test metrics of flip test-time augmentation (``test_tta_*``; ``test_*`` stay single-view).
+    ``batch_size`` is the global batch of one optimiser step (split over the processes under
+    ``torchrun``). ``resume=True`` continues the
     interrupted run in ``out`` (same arguments) from its ``train_state.pt``. Writes into ``out``:
     ``metrics.json``, ``checkpoint/``, ``train_state.pt``, ``confusion_matrix.png`` and ``.csv``,
     ``predictions.png``, ``training_curves.png``.
@@ -306,6 +312,7 @@ def run_classify(
     if model_task(model) != "vision":  # unknown names raise ValueError with suggestions
         raise ValueError(f"model {model!r} is a {model_task(model)} model, not an image classifier")
     check_data_argument(data)
+    tta = check_tta(tta, dataset_name(data) or "folder")
     overrides = dict(model_overrides or {})
     reserved = sorted(set(overrides) & set(RESERVED_OVERRIDES))
     if reserved:
@@ -367,7 +374,8 @@ def run_classify(
         "img_size": size, "decode_size": img_size, "in_chans": ds.in_chans, "num_classes": ds.num_classes,
         "classes": ds.classes, "mean": ds.mean, "std": ds.std, "split": ds.split, "val_fraction": val_fraction,
         "limit_train": limit_train, "limit_eval": limit_eval,
-        "augment": dataclasses.asdict(aug) if aug is not None else None, "seed": seed, "model_overrides": overrides,
+        "augment": dataclasses.asdict(aug) if aug is not None else None, "tta": tta, "seed": seed,
+        "model_overrides": overrides,
         "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay",
                                            "warmup_epochs", "label_smoothing", "grad_clip", "patience",
                                            "ema_decay")},
@@ -404,6 +412,8 @@ def run_classify(
 
     # 4. evaluate the best weights on every validation and test image (shared out over the processes)
     test = classification_metrics(net, ds.test, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx)
+    test_tta = classification_metrics(net, ds.test, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx,
+                                      tta=tta) if tta else None
     val = classification_metrics(net, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx) if len(
         ds.val) else None
     # one process's speed (rank 0, while the others wait): per-process figures
@@ -415,7 +425,9 @@ def run_classify(
     per_class = (confusion.diagonal().double() / confusion.sum(dim=1).clamp_min(1).double()).tolist()
     metrics: dict[str, Any] = {
         "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
-        "top5_k": min(5, ds.num_classes),
+        "top5_k": min(5, ds.num_classes), "tta": tta,
+        **({"test_tta_top1": test_tta["top1"], "test_tta_top5": test_tta["top5"], "test_tta_loss": test_tta["loss"]}
+           if test_tta else {}),
         "val_top1": val["top1"] if val else None, "val_loss": val["loss"] if val else None,
         "test_images": test["images"], "val_images": len(ds.val), "train_images": len(ds.train),
         "n_params": n_params, **speed,
@@ -450,6 +462,9 @@ def run_classify(
         print(f"{model} {ds.name}: test top-1 {test['top1']:.4f}  top-{metrics['top5_k']} {test['top5']:.4f}  "
               f"loss {test['loss']:.4f}  (best epoch {result.best_epoch}/{result.epochs_run}, {n_params:,} parameters, "
               f"{metrics['seconds']:.0f} s)")
+        if test_tta:
+            print(f"  with {tta} test-time augmentation: top-1 {test_tta['top1']:.4f}  "
+                  f"top-{metrics['top5_k']} {test_tta['top5']:.4f}  loss {test_tta['loss']:.4f}")
         if not quiet:
             print(f"wrote {out}")
     return distributed.broadcast_object(metrics, ctx)  # rank 0's figures (speed, memory) on every rank
@@ -460,12 +475,14 @@ def evaluate_classify(
     data_dir: str | os.PathLike | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Reload a run's checkpoint and recompute its test top-1/top-5/loss over every test image.
 
     ``run_dir`` is a run folder (holding ``checkpoint/``) or a checkpoint folder itself;
     ``data_dir`` defaults to the one the run used. The run's normalisation statistics,
-    image size and precision are reused, so the figures equal ``metrics.json``'s.
+    image size and precision are reused, so the figures equal ``metrics.json``'s. ``tta``
+    (default: the run's) adds the test-time-augmented figures as ``test_tta_*``.
     """
     ckpt, net, run = load_run_checkpoint(run_dir, "classify", "an image-classification run",
                                          ("data", "img_size", "mean", "std", "num_classes"))
@@ -480,16 +497,21 @@ def evaluate_classify(
     transform = ImageTransform(run["mean"], run["std"], img_size=run["img_size"])
     training = run.get("training", {})
     bs = batch_size or training.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)
-    test = classification_metrics(net, ds.test, transform, ds.num_classes, bs, dev, bool(training.get("bf16")))
+    tta = check_tta(tta or run.get("tta"), dataset_name(run["data"]) or "folder")
+    bf16 = bool(training.get("bf16"))
+    test = classification_metrics(net, ds.test, transform, ds.num_classes, bs, dev, bf16)
     result: dict[str, Any] = {
         "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"], "test_images": test["images"],
-        "model": run["model_name"], "data": ds.name, "checkpoint": str(ckpt),
+        "model": run["model_name"], "data": ds.name, "checkpoint": str(ckpt), "tta": tta,
     }
+    if tta:
+        test_tta = classification_metrics(net, ds.test, transform, ds.num_classes, bs, dev, bf16, tta=tta)
+        result.update(test_tta_top1=test_tta["top1"], test_tta_top5=test_tta["top5"], test_tta_loss=test_tta["loss"])
     metrics_path = ckpt.parent / "metrics.json" if ckpt.name == "checkpoint" else None
     if metrics_path is not None and metrics_path.is_file():
         try:
             stored = json.loads(metrics_path.read_text())
-            for key in ("test_top1", "test_top5", "test_loss"):
+            for key in ("test_top1", "test_top5", "test_loss", "test_tta_top1", "test_tta_top5", "test_tta_loss"):
                 result[f"stored_{key}"] = stored.get(key)
         except (OSError, json.JSONDecodeError):
             pass

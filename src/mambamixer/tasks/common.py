@@ -14,8 +14,9 @@ import torch
 
 from mambamixer.training.checkpoint import STATE_NAME, load_checkpoint, load_train_state, plain, read_run
 
-# Settings a resumed run may change: where it runs and where the data lives, not what it computes.
-RESUME_MAY_DIFFER = ("device", "processes", "torch_version", "data_dir", "data_file")
+# Settings a resumed run may change: where it runs, where the data lives, and how the test set is scored
+# (test-time augmentation), not what it trains.
+RESUME_MAY_DIFFER = ("device", "processes", "torch_version", "data_dir", "data_file", "tta")
 
 
 def check_positive_int(name: str, value: Any) -> int:
