@@ -141,7 +141,7 @@ def test_forecast_bad_input(change: dict[str, str | None], message: str, files: 
         ({"--batch-size": "-8"}, "must be a positive integer"),
         ({"--set": "in_chans=3"}, "cannot set ['in_chans']"),
         ({"--resume": None}, "nothing to resume"),
-        ({"--tta": "rotate"}, "unknown test-time augmentation 'rotate'"),
+        ({"--tta": "rotate"}, "unknown test-time augmentation 'rotate'; known: flip or none"),
         ({"--tta": "flip"}, "a mirrored digits image can change its label"),
     ],
 )

@@ -82,9 +82,12 @@ def test_evaluate_reproduces_metrics(run_dir: Path, capsys: pytest.CaptureFixtur
     assert main(["evaluate", str(run_dir)]) == 0  # dispatches on the checkpoint's task
     out = capsys.readouterr().out
     assert f"test top-1 {metrics['test_top1']:.4f}" in out and "metrics.json: test top-1" in out
+    assert "test-time augmentation" not in out
+    with pytest.raises(ValueError, match="a mirrored digits image can change its label"):
+        evaluate_classify(run_dir, tta="flip")  # refused before any data is read
 
 
-def test_image_folder_run(tmp_path: Path) -> None:
+def test_image_folder_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = make_folder(tmp_path / "pets", n=8, size=(8, 8))
     out = tmp_path / "run"
     assert main(["classify", "--model", "vit_test", "--data", str(root), "--epochs", "1", "--out", str(out),
@@ -95,8 +98,16 @@ def test_image_folder_run(tmp_path: Path) -> None:
     assert metrics["run"]["in_chans"] == 3 and metrics["run"]["classes"] == ["cat", "dog"]
     assert metrics["run"]["training"]["bf16"] is True and math.isfinite(metrics["test_loss"])
     assert metrics["run"]["tta"] == metrics["tta"] == "flip" and math.isfinite(metrics["test_tta_loss"])
+    assert metrics["test_tta_loss"] != metrics["test_loss"]  # the mirrored views were scored
     again = evaluate_classify(out)  # the run's TTA is reused
     assert again["test_top1"] == metrics["test_top1"] and again["test_tta_top1"] == metrics["test_tta_top1"]
+    assert again["test_tta_loss"] == pytest.approx(metrics["test_tta_loss"], rel=1e-5)
+    assert "test_tta_top1" not in evaluate_classify(out, tta="none")
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"with flip test-time augmentation: top-1 {metrics['test_tta_top1']:.4f}" in printed
+    assert "metrics.json: flip test-time augmentation top-1" in printed
 
 
 def test_flip_tta_averages_the_softmax_of_image_and_mirror() -> None:

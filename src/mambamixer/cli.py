@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files (default: the run's)")
     p.add_argument("--tta", default=None, metavar="MODE",
-                   help="classify runs: also report the test metrics with this test-time augmentation (default: the "
-                        "run's own)")
+                   help="classify runs: also report the test metrics with this test-time augmentation, flip "
+                        "(default: the run's own; none: only the plain metrics)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("models", parents=[common], help="list registered models")

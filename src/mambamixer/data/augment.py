@@ -52,11 +52,11 @@ def default_augment(dataset: str, img_size: int) -> AugmentConfig:
 
 
 def check_tta(tta: str | None, dataset: str) -> str | None:
-    """Validate a test-time augmentation mode (None or one of ``TTA_MODES``) for ``dataset``."""
-    if tta is None:
+    """Validate a test-time augmentation mode (None, "none" or one of ``TTA_MODES``) for ``dataset``."""
+    if tta is None or tta == "none":
         return None
     if tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; known: {TTA_MODES} (or none)")
+        raise ValueError(f"unknown test-time augmentation {tta!r}; known: {', '.join(TTA_MODES)} or none")
     if not flips_fit(dataset):
         raise ValueError(f"flip test-time augmentation averages over mirrored images, but a mirrored {dataset} "
                          f"image can change its label")

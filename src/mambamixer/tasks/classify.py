@@ -486,6 +486,7 @@ def evaluate_classify(
     """
     ckpt, net, run = load_run_checkpoint(run_dir, "classify", "an image-classification run",
                                          ("data", "img_size", "mean", "std", "num_classes"))
+    tta = check_tta(tta or run.get("tta"), dataset_name(run["data"]) or "folder")  # before any data is read
     dev = pick_device(device)
     net.to(dev)
     ds = load_image_data(run["data"], data_dir=data_dir if data_dir is not None else run.get("data_dir"),
@@ -497,7 +498,6 @@ def evaluate_classify(
     transform = ImageTransform(run["mean"], run["std"], img_size=run["img_size"])
     training = run.get("training", {})
     bs = batch_size or training.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)
-    tta = check_tta(tta or run.get("tta"), dataset_name(run["data"]) or "folder")
     bf16 = bool(training.get("bf16"))
     test = classification_metrics(net, ds.test, transform, ds.num_classes, bs, dev, bf16)
     result: dict[str, Any] = {
