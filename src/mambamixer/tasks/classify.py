@@ -116,17 +116,45 @@ def classification_loss(model: nn.Module, images: Tensor, labels: Tensor, label_
     return loss if extra is None else loss + extra.float()
 
 
+class _Tally:
+    """Running top-1 / top-k hits, summed cross-entropy and confusion counts of scored batches."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes, self.k = num_classes, min(5, num_classes)
+        self.correct1 = self.correct5 = 0
+        self.loss_sum = 0.0
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def add(self, logits: Tensor, labels: Tensor) -> None:
+        """logits (batch, classes) float32 (or log-probabilities), labels (batch,)."""
+        self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").double().item()
+        top = logits.topk(self.k, dim=1).indices  # (batch, k)
+        hits = top == labels[:, None]
+        self.correct1 += hits[:, 0].sum().item()
+        self.correct5 += hits.any(dim=1).sum().item()
+        c = self.num_classes
+        self.confusion += torch.bincount((labels * c + top[:, 0]).cpu(), minlength=c * c).view(c, c)
+
+    def result(self, n: int, ctx: Context) -> dict[str, Any]:
+        """The figures over all ``n`` images (the sums all-reduced over the processes)."""
+        correct1, correct5, loss_sum = distributed.all_reduce_sum([self.correct1, self.correct5, self.loss_sum], ctx)
+        return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n,
+                "confusion": distributed.all_reduce_tensor(self.confusion, ctx)}
+
+
 @torch.no_grad()
 def classification_metrics(model: nn.Module, split: ImageSplit, transform: ImageTransform, num_classes: int,
                            batch_size: int = DEFAULT_EVAL_BATCH_SIZE, device: torch.device | str | None = None,
                            bf16: bool = False, ctx: Context | None = None, tta: str | None = None) -> dict[str, Any]:
     """Top-1, top-k (k = min(5, classes)), mean cross-entropy (no smoothing) and the confusion matrix
     over every image of ``split`` (no image dropped; sums in float64). Distributed (``ctx``), each
-    rank takes a contiguous share of the images and the sums are all-reduced. ``tta="flip"`` scores
-    the mean of the softmax over each image and its mirror (its log is the logits), two forwards per image.
+    rank takes a contiguous share of the images and the sums are all-reduced.
 
     Returns ``{"top1", "top5", "loss", "images", "confusion" (classes, classes) int64 tensor
-    (rows true, columns predicted), "seconds" (this process's forward passes)}``.
+    (rows true, columns predicted), "seconds" (this process's forward passes)}``. With
+    ``tta="flip"`` it also returns ``"tta"``: top1, top5, loss and confusion of the mean of the
+    softmax over each image and its mirror (its log taken as the logits), from the same pass: the
+    plain figures come from the first view.
     """
     ctx = ctx or Context()
     n = len(split)
@@ -137,34 +165,34 @@ def classification_metrics(model: nn.Module, split: ImageSplit, transform: Image
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    k = min(5, num_classes)
-    correct1 = correct5 = 0
-    loss_sum = 0.0
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    plain, averaged = _Tally(num_classes), _Tally(num_classes) if tta else None
     seconds = 0.0
     for images, labels in BatchLoader(split, batch_size):
         images, labels = images.to(device), labels.to(device)
         x = transform(images)
         t0 = time.perf_counter()
         with autocast(device, bf16):
-            views = [F.log_softmax(model(v).float(), dim=1) for v in tta_views(x, tta)]
-        # log of the mean probability over the views (a single view: its log-softmax, same ranking and loss)
-        logits = views[0] if len(views) == 1 else torch.stack(views).logsumexp(dim=0) - math.log(len(views))
+            views = [model(v).float() for v in tta_views(x, tta)]  # views[0] is x itself
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - t0
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double().item()
-        top = logits.topk(k, dim=1).indices  # (batch, k)
-        hits = top == labels[:, None]
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
-        confusion += torch.bincount((labels * num_classes + top[:, 0]).cpu(),
-                                    minlength=num_classes * num_classes).view(num_classes, num_classes)
+        plain.add(views[0], labels)
+        if averaged is not None:  # log of the mean probability over the views
+            log_probs = torch.stack([F.log_softmax(v, dim=1) for v in views])
+            averaged.add(log_probs.logsumexp(dim=0) - math.log(len(views)), labels)
     model.train(was_training)
-    correct1, correct5, loss_sum = distributed.all_reduce_sum([correct1, correct5, loss_sum], ctx)
-    confusion = distributed.all_reduce_tensor(confusion, ctx)
-    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "images": n, "confusion": confusion,
-            "seconds": seconds}
+    result = {**plain.result(n, ctx), "images": n, "seconds": seconds}
+    if averaged is not None:
+        result["tta"] = averaged.result(n, ctx)
+    return result
+
+
+def _test_figures(test: dict[str, Any]) -> dict[str, Any]:
+    """``classification_metrics`` of the test set -> metrics.json's test_* (and test_tta_*) keys."""
+    figures = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
+    if "tta" in test:
+        figures.update({f"test_tta_{key}": test["tta"][key] for key in ("top1", "top5", "loss")})
+    return figures
 
 
 def measure_throughput(model: nn.Module, images: Tensor, labels: Tensor, transform: ImageTransform,
@@ -411,9 +439,7 @@ def run_classify(
                  state_meta={"run": run})
 
     # 4. evaluate the best weights on every validation and test image (shared out over the processes)
-    test = classification_metrics(net, ds.test, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx)
-    test_tta = classification_metrics(net, ds.test, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx,
-                                      tta=tta) if tta else None
+    test = classification_metrics(net, ds.test, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx, tta)
     val = classification_metrics(net, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx) if len(
         ds.val) else None
     # one process's speed (rank 0, while the others wait): per-process figures
@@ -424,10 +450,7 @@ def run_classify(
     confusion = test["confusion"]
     per_class = (confusion.diagonal().double() / confusion.sum(dim=1).clamp_min(1).double()).tolist()
     metrics: dict[str, Any] = {
-        "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
-        "top5_k": min(5, ds.num_classes), "tta": tta,
-        **({"test_tta_top1": test_tta["top1"], "test_tta_top5": test_tta["top5"], "test_tta_loss": test_tta["loss"]}
-           if test_tta else {}),
+        **_test_figures(test), "top5_k": min(5, ds.num_classes), "tta": tta,
         "val_top1": val["top1"] if val else None, "val_loss": val["loss"] if val else None,
         "test_images": test["images"], "val_images": len(ds.val), "train_images": len(ds.train),
         "n_params": n_params, **speed,
@@ -462,9 +485,9 @@ def run_classify(
         print(f"{model} {ds.name}: test top-1 {test['top1']:.4f}  top-{metrics['top5_k']} {test['top5']:.4f}  "
               f"loss {test['loss']:.4f}  (best epoch {result.best_epoch}/{result.epochs_run}, {n_params:,} parameters, "
               f"{metrics['seconds']:.0f} s)")
-        if test_tta:
-            print(f"  with {tta} test-time augmentation: top-1 {test_tta['top1']:.4f}  "
-                  f"top-{metrics['top5_k']} {test_tta['top5']:.4f}  loss {test_tta['loss']:.4f}")
+        if tta:
+            print(f"  with {tta} test-time augmentation: top-1 {metrics['test_tta_top1']:.4f}  "
+                  f"top-{metrics['top5_k']} {metrics['test_tta_top5']:.4f}  loss {metrics['test_tta_loss']:.4f}")
         if not quiet:
             print(f"wrote {out}")
     return distributed.broadcast_object(metrics, ctx)  # rank 0's figures (speed, memory) on every rank
@@ -498,15 +521,11 @@ def evaluate_classify(
     transform = ImageTransform(run["mean"], run["std"], img_size=run["img_size"])
     training = run.get("training", {})
     bs = batch_size or training.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)
-    bf16 = bool(training.get("bf16"))
-    test = classification_metrics(net, ds.test, transform, ds.num_classes, bs, dev, bf16)
+    test = classification_metrics(net, ds.test, transform, ds.num_classes, bs, dev, bool(training.get("bf16")), tta=tta)
     result: dict[str, Any] = {
-        "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"], "test_images": test["images"],
-        "model": run["model_name"], "data": ds.name, "checkpoint": str(ckpt), "tta": tta,
+        **_test_figures(test), "test_images": test["images"], "model": run["model_name"], "data": ds.name,
+        "checkpoint": str(ckpt), "tta": tta,
     }
-    if tta:
-        test_tta = classification_metrics(net, ds.test, transform, ds.num_classes, bs, dev, bf16, tta=tta)
-        result.update(test_tta_top1=test_tta["top1"], test_tta_top5=test_tta["top5"], test_tta_loss=test_tta["loss"])
     metrics_path = ckpt.parent / "metrics.json" if ckpt.name == "checkpoint" else None
     if metrics_path is not None and metrics_path.is_file():
         try:
