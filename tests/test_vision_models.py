@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import mambamixer.layers.qs_s6 as qs_s6
 import mambamixer.layers.selective_mixer as selective_mixer
+import mambamixer.models.vim2 as vim2
 from mambamixer import create_model, list_models
 from mambamixer.layers.channel_mixer import ChannelMixer
 from mambamixer.layers.patch_embed import PatchMerging
@@ -162,6 +163,38 @@ def test_stacked_scans_equal_one_scan_per_order(quasi_separable):
     torch.testing.assert_close(mixer._stacked_scan(u, range(len(orders)), (3, 4)), loop)
 
 
+@pytest.mark.parametrize("layout", ["channel_first_long", "channel_first_short", "token_major"])
+def test_projection_matmul_equals_plain_product(layout):
+    """_matmul's three ways (batched GEMM, folded GEMM, token-major GEMM) give w @ x and its gradients."""
+    torch.manual_seed(0)
+    length = {"channel_first_long": 96, "channel_first_short": 16, "token_major": 12}[layout]
+    w = torch.randn(40, 64, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 64, length, dtype=torch.float64)
+    if layout == "token_major":
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    x.requires_grad_(True)
+    out = selective_mixer._matmul(w, x)
+    assert out.is_contiguous() and out.shape == (3, 40, length)
+    expected = torch.einsum("mk,bkl->bml", w, x)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (w, x), grad)
+    torch.testing.assert_close(got, torch.autograd.grad(expected, (w, x), grad))
+
+
+def test_stacked_scans_gradients_at_vision_sizes():
+    """Stacked scans at a 4x4 grid and 256 channels (the folded projections) match one scan per order."""
+    torch.manual_seed(0)
+    mixer = TokenMixer(256, scan_orders=vim2.CROSS_SCAN, d_state=4, expand=1, d_conv=3, conv_2d=True).mixer.double()
+    u = torch.randn(2, 256, 16, dtype=torch.float64, requires_grad=True)
+    loop = sum(mixer._scan(k, u, (4, 4)) for k in range(4)).transpose(1, 2)
+    stacked = mixer._stacked_scan(u, range(4), (4, 4))
+    torch.testing.assert_close(stacked, loop)
+    params = [p for p in mixer.ssms.parameters()] + [u]
+    grad = torch.randn_like(loop)
+    torch.testing.assert_close(torch.autograd.grad(stacked, params, grad), torch.autograd.grad(loop, params, grad))
+
+
 def test_channel_mixer_is_per_token_and_sees_every_channel():
     torch.manual_seed(0)
     mixer = ChannelMixer(12, channel_group=4, d_inner=16, d_state=4, d_conv=0)
@@ -209,7 +242,18 @@ def test_switch_of_scans_computes_only_the_chosen_scans(monkeypatch, quasi_separ
         sum(w * mixer._scan(int(c), u[b : b + 1], (3, 4))[0] for c, w in zip(choice[b], weights[b], strict=True))
         for b in range(16)
     ])  # fmt: skip
-    torch.testing.assert_close(y, mixer.out_proj(scans.transpose(1, 2) * F.silu(z)))
+    reference = mixer.out_proj(scans.transpose(1, 2) * F.silu(z))
+    torch.testing.assert_close(y, reference)
+    # and so are the gradients of every candidate's parameters (zero for a candidate no image chose)
+    params, grad = list(mixer.ssms.parameters()), torch.randn_like(y)
+
+    def grads(out: torch.Tensor) -> list[torch.Tensor]:
+        got = torch.autograd.grad(out, params, grad, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(got, params, strict=True)]
+
+    got, want = grads(y), grads(reference)
+    assert sum(int(g.abs().sum() > 0) for g in want) > 0
+    torch.testing.assert_close(got, want)
 
 
 def test_switch_of_scans_balance_loss_is_finite_and_trains_the_router():

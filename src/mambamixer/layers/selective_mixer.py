@@ -176,7 +176,11 @@ class SelectiveMixer(nn.Module):
         x_dbl = x_dbl.view(batch, n_k, rank + 2 * n, length)
         x_dbl = x_dbl.gather(3, visit[None, :, None, :].expand(batch, n_k, rank + 2 * n, length))  # scan order
         dt, B, C = x_dbl.split([rank, n, n], dim=2)  # B, C: (batch, K, n, length), grouped per order
-        delta = _matmul(torch.block_diag(*[s.dt_proj.weight for s in ssms]), dt.reshape(batch, n_k * rank, length))
+        # each order's dt_proj on its own rows: a (K, width, rank) @ (batch, K, rank, length) broadcast product
+        # (the block-diagonal (K width, K rank) matrix it replaces did K times the work, and its weight
+        # gradient was a slow batched product at short lengths)
+        w_dt = torch.stack([s.dt_proj.weight for s in ssms])
+        delta = torch.matmul(w_dt, dt).view(batch, n_k * width, length)
         source = u.transpose(1, 2) if u.stride(1) == 1 else u  # the memory of u, flattened per sample
         us = source.reshape(batch, -1).index_select(1, gather_index).view(batch, n_k * width, length)
         y = self._run_scan(ks, us, delta, B.contiguous(), C.contiguous())
@@ -226,13 +230,18 @@ class SelectiveMixer(nn.Module):
 def _matmul(w: Tensor, x: Tensor) -> Tensor:
     """w (m, k) @ x (batch, k, length) -> contiguous (batch, m, length), x in any layout.
 
-    One GEMM per sample when those are large enough (the vision token mixers: 128 samples of
-    hundreds of channels); else one GEMM over all (sample, position) pairs, which suits the channel
-    mixers' thousands of tiny samples in token-major memory.
+    Channel-first x (the vision token mixers: tens of samples of hundreds of channels): one GEMM
+    per sample when the sequences are long enough to fill it (32 tokens or more), else x folded
+    to (k, batch length) for one GEMM (at a 4x4 grid the batched product, and its weight gradient
+    summed over the samples, cost 1.6x as much: benchmarks/projections.py). Otherwise (token-major
+    x: the channel mixers' thousands of tiny samples) one GEMM over all (sample, position) pairs.
     """
     batch, k, length = x.shape
-    if w.shape[0] * k * length >= 1 << 15:
-        return torch.bmm(w.expand(batch, -1, -1), x)
+    if x.stride(2) == 1 and w.shape[0] * k * length >= 1 << 15:
+        if length >= 32:
+            return torch.bmm(w.expand(batch, -1, -1), x)
+        folded = w @ x.transpose(0, 1).reshape(k, batch * length)  # (m, batch length)
+        return folded.view(-1, batch, length).transpose(0, 1).contiguous()
     return torch.matmul(w, x).contiguous()
 
 
