@@ -233,7 +233,7 @@ def _matmul(w: Tensor, x: Tensor) -> Tensor:
     Channel-first x (the vision token mixers: tens of samples of hundreds of channels): one GEMM
     per sample when the sequences are long enough to fill it (32 tokens or more), else x folded
     to (k, batch length) for one GEMM (at a 4x4 grid the batched product, and its weight gradient
-    summed over the samples, cost 1.6x as much: benchmarks/projections.py). Otherwise (token-major
+    summed over the samples, cost 1.2-1.6x as much: benchmarks/projections.py). Otherwise (token-major
     x: the channel mixers' thousands of tiny samples) one GEMM over all (sample, position) pairs.
     """
     batch, k, length = x.shape
