@@ -30,16 +30,12 @@ from mambamixer.layers.selective_mixer import _matmul
 STAGES = [(32, (14, 14)), (96, (7, 7)), (256, (4, 4))]  # (d_inner, grid) of vim2_femto's token mixers
 
 
-def best_ms(fn: Callable[[], None], repeats: int, inner: int = 10) -> float:
-    for _ in range(2):
+def round_ms(fn: Callable[[], None], inner: int = 10) -> float:
+    """Mean milliseconds of one call of fn over ``inner`` calls."""
+    start = time.perf_counter()
+    for _ in range(inner):
         fn()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        best = min(best, (time.perf_counter() - start) / inner)
-    return best * 1e3
+    return (time.perf_counter() - start) / inner * 1e3
 
 
 def stage_cases(width: int, grid: tuple[int, int], batch: int, k_orders: int,
@@ -84,11 +80,13 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for width, grid in STAGES:
         for label, old, new in stage_cases(width, grid, batch, k_orders, n):
+            old(), new()  # warm-up
             t_old, t_new = math.inf, math.inf
-            for _ in range(args.repeats):  # alternate, keep the best of each
-                t_old = min(t_old, best_ms(old, 1))
-                t_new = min(t_new, best_ms(new, 1))
+            for _ in range(args.repeats):  # alternate, keep the best round of each
+                t_old = min(t_old, round_ms(old))
+                t_new = min(t_new, round_ms(new))
             print(f"| {label} | {width} | {grid[0]}x{grid[1]} | {t_old:.2f} | {t_new:.2f} | {t_old / t_new:.2f}x |")
+
 
 if __name__ == "__main__":
     main()

@@ -151,26 +151,36 @@ def test_qs_s6_is_non_causal():
     assert torch.all(per_position > 0)  # output 4 depends on earlier and on later inputs
 
 
+@pytest.mark.parametrize("size", ["small", "vision"])
 @pytest.mark.parametrize("quasi_separable", [False, True])
-def test_stacked_scans_equal_one_scan_per_order(quasi_separable):
-    """The one-call stacked path equals running each order's S6 (or QS-S6) module on its own."""
+def test_stacked_scans_equal_one_scan_per_order(quasi_separable, size):
+    """The one-call stacked path equals running each order's S6 (or QS-S6) module on its own, with its gradients.
+
+    "vision": 256 channels on a 4x4 grid, where the projections take _matmul's folded GEMM.
+    """
     torch.manual_seed(0)
-    orders = ("row", "column_reverse", "snake", "diagonal")
-    mixer = TokenMixer(8, scan_orders=orders, d_state=4, d_conv=3, conv_2d=True,
+    if size == "small":
+        d_model, expand, grid, orders = 8, 2, (3, 4), ("row", "column_reverse", "snake", "diagonal")
+    else:
+        d_model, expand, grid, orders = 256, 1, (4, 4), vim2.CROSS_SCAN
+    mixer = TokenMixer(d_model, scan_orders=orders, d_state=4, expand=expand, d_conv=3, conv_2d=True,
                        quasi_separable=quasi_separable).mixer.double()  # fmt: skip
-    u = torch.randn(2, 16, 12, dtype=torch.float64)  # (batch, d_inner, length), grid 3x4
-    loop = sum(mixer._scan(k, u, (3, 4)) for k in range(len(orders))).transpose(1, 2)
-    torch.testing.assert_close(mixer._stacked_scan(u, range(len(orders)), (3, 4)), loop)
+    u = torch.randn(2, d_model * expand, grid[0] * grid[1], dtype=torch.float64, requires_grad=True)
+    loop = sum(mixer._scan(k, u, grid) for k in range(len(orders))).transpose(1, 2)  # (batch, length, d_inner)
+    stacked = mixer._stacked_scan(u, range(len(orders)), grid)
+    torch.testing.assert_close(stacked, loop)
+    params, grad = [*mixer.ssms.parameters(), u], torch.randn_like(loop)
+    torch.testing.assert_close(torch.autograd.grad(stacked, params, grad), torch.autograd.grad(loop, params, grad))
 
 
-@pytest.mark.parametrize("layout", ["channel_first_long", "channel_first_short", "token_major"])
+@pytest.mark.parametrize("layout", ["channel_first_long", "channel_first_short", "token_major", "token_major_small"])
 def test_projection_matmul_equals_plain_product(layout):
-    """_matmul's three ways (batched GEMM, folded GEMM, token-major GEMM) give w @ x and its gradients."""
+    """_matmul's ways (batched GEMM, folded GEMM, one GEMM over all positions) give w @ x and its gradients."""
     torch.manual_seed(0)
-    length = {"channel_first_long": 96, "channel_first_short": 16, "token_major": 12}[layout]
+    length = {"channel_first_long": 96, "channel_first_short": 16, "token_major": 16, "token_major_small": 12}[layout]
     w = torch.randn(40, 64, dtype=torch.float64, requires_grad=True)
     x = torch.randn(3, 64, length, dtype=torch.float64)
-    if layout == "token_major":
+    if layout.startswith("token_major"):
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
     x.requires_grad_(True)
     out = selective_mixer._matmul(w, x)
@@ -180,19 +190,6 @@ def test_projection_matmul_equals_plain_product(layout):
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (w, x), grad)
     torch.testing.assert_close(got, torch.autograd.grad(expected, (w, x), grad))
-
-
-def test_stacked_scans_gradients_at_vision_sizes():
-    """Stacked scans at a 4x4 grid and 256 channels (the folded projections) match one scan per order."""
-    torch.manual_seed(0)
-    mixer = TokenMixer(256, scan_orders=vim2.CROSS_SCAN, d_state=4, expand=1, d_conv=3, conv_2d=True).mixer.double()
-    u = torch.randn(2, 256, 16, dtype=torch.float64, requires_grad=True)
-    loop = sum(mixer._scan(k, u, (4, 4)) for k in range(4)).transpose(1, 2)
-    stacked = mixer._stacked_scan(u, range(4), (4, 4))
-    torch.testing.assert_close(stacked, loop)
-    params = [p for p in mixer.ssms.parameters()] + [u]
-    grad = torch.randn_like(loop)
-    torch.testing.assert_close(torch.autograd.grad(stacked, params, grad), torch.autograd.grad(loop, params, grad))
 
 
 def test_channel_mixer_is_per_token_and_sees_every_channel():

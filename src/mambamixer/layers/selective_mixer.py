@@ -230,19 +230,20 @@ class SelectiveMixer(nn.Module):
 def _matmul(w: Tensor, x: Tensor) -> Tensor:
     """w (m, k) @ x (batch, k, length) -> contiguous (batch, m, length), x in any layout.
 
-    Channel-first x (the vision token mixers: tens of samples of hundreds of channels): one GEMM
-    per sample when the sequences are long enough to fill it (32 tokens or more), else x folded
-    to (k, batch length) for one GEMM (at a 4x4 grid the batched product, and its weight gradient
-    summed over the samples, cost 1.2-1.6x as much: benchmarks/projections.py). Otherwise (token-major
-    x: the channel mixers' thousands of tiny samples) one GEMM over all (sample, position) pairs.
+    One GEMM per sample when those are large enough (the vision token mixers: tens of samples of
+    hundreds of channels); but channel-first x shorter than 32 tokens is folded to (k, batch
+    length) for one GEMM instead (at a 4x4 grid the batched product, and its weight gradient summed
+    over the samples, cost 1.2-1.6x as much: benchmarks/projections.py). Small products run as one
+    GEMM over all (sample, position) pairs, which suits the channel mixers' thousands of tiny
+    samples in token-major memory.
     """
     batch, k, length = x.shape
-    if x.stride(2) == 1 and w.shape[0] * k * length >= 1 << 15:
-        if length >= 32:
-            return torch.bmm(w.expand(batch, -1, -1), x)
-        folded = w @ x.transpose(0, 1).reshape(k, batch * length)  # (m, batch length)
-        return folded.view(-1, batch, length).transpose(0, 1).contiguous()
-    return torch.matmul(w, x).contiguous()
+    if w.shape[0] * k * length < 1 << 15:
+        return torch.matmul(w, x).contiguous()
+    if length >= 32 or x.stride(2) != 1:
+        return torch.bmm(w.expand(batch, -1, -1), x)
+    folded = w @ x.transpose(0, 1).reshape(k, batch * length)  # (m, batch length)
+    return folded.view(-1, batch, length).transpose(0, 1).contiguous()
 
 
 @lru_cache(maxsize=512)
