@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import with_flags
-from image_helpers import make_folder
+from image_helpers import make_folder, write_png
 
 from mambamixer.cli import main
 from mambamixer.data.augment import ImageTransform
@@ -108,6 +108,37 @@ def test_image_folder_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     printed = capsys.readouterr().out
     assert f"with flip test-time augmentation: top-1 {metrics['test_tta_top1']:.4f}" in printed
     assert "metrics.json: flip test-time augmentation top-1" in printed
+
+
+@pytest.mark.parametrize("schedule", ["alternate", "random"])
+def test_alternating_flips_in_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: str) -> None:
+    """--augment flip=alternate: the second epoch trains on the mirror of each image as the first epoch showed it
+    (random flips keep half of them as they were, so the random schedule must fail the same check)."""
+    from mambamixer.tasks import classify
+
+    seen: list[torch.Tensor] = []
+
+    def recording_loss(model, images, labels, label_smoothing=0.0):
+        seen.append(images.detach().clone())
+        return real_loss(model, images, labels, label_smoothing)
+
+    real_loss = classify.classification_loss
+    monkeypatch.setattr(classify, "classification_loss", recording_loss)
+    root = tmp_path / "pets"
+    for c, name in enumerate(("cat", "dog")):  # every image different (make_folder repeats them across classes)
+        for i in range(12):
+            write_png(root / name / f"{i}.png", (8, 8), value=100 * c + i)
+    spec = "flip=alternate" if schedule == "alternate" else "flip"
+    metrics = run_classify("vit_test", str(root), out=tmp_path / "run", epochs=2, batch_size=4, quiet=True,
+                           augment=spec, val_fraction=0.0, model_overrides={"patch_size": 2})  # fmt: skip
+    assert metrics["run"]["augment"]["flip_schedule"] == schedule
+    per_epoch = metrics["train_images"] // 4 * 4
+    first, second = torch.cat(seen)[:per_epoch], torch.cat(seen)[per_epoch : 2 * per_epoch]
+    # match each image of epoch 2 with its original or its mirror in epoch 1 (the random PNGs are not symmetric)
+    mirrored = [any(torch.equal(x, y.flip(-1)) for y in first) for x in second]
+    kept = [any(torch.equal(x, y) for y in first) for x in second]
+    assert all(m != k for m, k in zip(mirrored, kept, strict=True))  # every image met in both epochs
+    assert all(mirrored) == (schedule == "alternate")
 
 
 def test_flip_tta_averages_the_softmax_of_image_and_mirror() -> None:

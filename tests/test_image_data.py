@@ -19,6 +19,7 @@ from image_helpers import make_folder, write_png
 
 from mambamixer.data import images as image_data
 from mambamixer.data.augment import (
+    AlternatingFlips,
     AugmentConfig,
     ImageTransform,
     default_augment,
@@ -284,6 +285,10 @@ def test_stratified_split_and_batches() -> None:
     assert len(BatchLoader(split, 4)) == 3 and len(BatchLoader(split, 4, drop_last=True)) == 2
     seen = torch.cat([y for _, y in BatchLoader(split, 4, shuffle=True, generator=torch.Generator().manual_seed(0))])
     assert sorted(seen.tolist()) == list(range(10))
+    for loader in (BatchLoader(split, 4, with_indices=True), BatchLoader(split, 4, sampler=[7, 2, 9, 0, 5],
+                                                                                   with_indices=True)):  # fmt: skip
+        for _, y, idx in loader:  # the labels here are the indices
+            assert torch.equal(y, idx)
 
 
 def test_augmentation_ops() -> None:
@@ -305,11 +310,33 @@ def test_augmentation_ops() -> None:
     assert transform(images, train=True).shape == (4, 1, 16, 16)
 
 
+def test_alternating_flips() -> None:
+    """Epoch 0 mirrors a seeded half of the images; every later epoch mirrors exactly the others of the epoch before."""
+    flips = AlternatingFlips(1000, seed=0)
+    idx = torch.randperm(1000)[:300]
+    first = flips(idx, 0)
+    assert 0.4 < first.float().mean() < 0.6
+    assert torch.equal(flips(idx, 1), ~first) and torch.equal(flips(idx, 2), first)
+    assert torch.equal(flips(idx, 7), ~first)
+    assert torch.equal(AlternatingFlips(1000, seed=0)(idx, 0), first)  # the same in every process
+    assert not torch.equal(AlternatingFlips(1000, seed=1)(idx, 0), first)
+    x = torch.rand(4, 1, 3, 3)
+    mask = torch.tensor([True, False, False, True])
+    flipped = random_hflip(x, flip=mask)
+    assert all(torch.equal(f, i.flip(-1) if m else i) for f, i, m in zip(flipped, x, mask, strict=True))
+    transform = ImageTransform([0.0], [1.0], augment=AugmentConfig(hflip=True, flip_schedule="alternate"))
+    images = torch.randint(0, 256, (4, 1, 3, 3), dtype=torch.uint8)
+    assert torch.equal(transform(images, train=True, flip=mask), random_hflip(images.float() / 255, flip=mask))
+
+
 def test_parse_augment() -> None:
+    assert parse_augment("flip=alternate,crop=1", "x", 28) == AugmentConfig(hflip=True, flip_schedule="alternate",
+                                                                            crop_padding=1)  # fmt: skip
+    assert parse_augment("flip=random", "x", 28) == parse_augment("flip", "x", 28)
     assert parse_augment("flip,crop=2", "fashion-mnist", 28) == AugmentConfig(hflip=True, crop_padding=2)
     assert parse_augment(" Flip , erase=0.5", "x", 28) == AugmentConfig(hflip=True, erase_prob=0.5)
     assert parse_augment("none", "x", 28) is None
     assert parse_augment("default", "cifar10", 32) == default_augment("cifar10", 32)
-    for bad in ("rotate", "crop", "crop=two", "flip=1", "erase=2"):
+    for bad in ("rotate", "crop", "crop=two", "flip=1", "flip=sometimes", "erase=2"):
         with pytest.raises(ValueError, match="augmentation|erase_prob"):
             parse_augment(bad, "x", 28)

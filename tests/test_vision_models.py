@@ -151,21 +151,31 @@ def test_qs_s6_is_non_causal():
     assert torch.all(per_position > 0)  # output 4 depends on earlier and on later inputs
 
 
-@pytest.mark.parametrize("size", ["small", "vision"])
+@pytest.mark.parametrize("size", ["small", "vision", "channels"])
 @pytest.mark.parametrize("quasi_separable", [False, True])
 def test_stacked_scans_equal_one_scan_per_order(quasi_separable, size):
     """The one-call stacked path equals running each order's S6 (or QS-S6) module on its own, with its gradients.
 
-    "vision": 256 channels on a 4x4 grid, where the projections take _matmul's folded GEMM.
+    "vision": 256 channels on a 4x4 grid, where the projections take _matmul's folded GEMM. "channels":
+    the channel mixer's scan across channels, on token-major memory (its input is a transposed view).
     """
     torch.manual_seed(0)
-    if size == "small":
-        d_model, expand, grid, orders = 8, 2, (3, 4), ("row", "column_reverse", "snake", "diagonal")
+    if size == "channels":
+        mixer = ChannelMixer(12, channel_group=4, d_inner=20, d_state=4, d_conv=0,
+                             quasi_separable=quasi_separable).mixer.double()  # fmt: skip
+        grid, orders = None, mixer.orders
+        u = torch.randn(6, 5, 4, dtype=torch.float64).transpose(1, 2).requires_grad_()  # (tokens, group, steps)
     else:
-        d_model, expand, grid, orders = 256, 1, (4, 4), vim2.CROSS_SCAN
-    mixer = TokenMixer(d_model, scan_orders=orders, d_state=4, expand=expand, d_conv=3, conv_2d=True,
-                       quasi_separable=quasi_separable).mixer.double()  # fmt: skip
-    u = torch.randn(2, d_model * expand, grid[0] * grid[1], dtype=torch.float64, requires_grad=True)
+        if size == "small":
+            d_model, expand, grid, orders = 8, 2, (3, 4), ("row", "column_reverse", "snake", "diagonal")
+        else:
+            d_model, expand, grid, orders = 256, 1, (4, 4), vim2.CROSS_SCAN
+        mixer = TokenMixer(d_model, scan_orders=orders, d_state=4, expand=expand, d_conv=3, conv_2d=True,
+                           quasi_separable=quasi_separable).mixer.double()  # fmt: skip
+        u = torch.randn(2, d_model * expand, grid[0] * grid[1], dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():  # D away from its initial 1, so that a D term counted twice or not at all shows
+        for ssm in mixer.ssms:
+            ssm.D.normal_()
     loop = sum(mixer._scan(k, u, grid) for k in range(len(orders))).transpose(1, 2)  # (batch, length, d_inner)
     stacked = mixer._stacked_scan(u, range(len(orders)), grid)
     torch.testing.assert_close(stacked, loop)
@@ -213,22 +223,24 @@ def test_switch_of_scans_computes_only_the_chosen_scans(monkeypatch, quasi_separ
     calls = []
     real_scan = selective_mixer.selective_scan
 
-    def counting_scan(u, delta, A, *args, **kwargs):
-        candidate = next(k for k, s in enumerate(mixer.ssms) if torch.equal(A, -torch.exp(s.A_log.float())))
-        calls.append((candidate, u.shape[0]))
+    def recording_scan(u, delta, A, *args, **kwargs):
+        calls.append((tuple(u.shape), A.detach().clone()))
         return real_scan(u, delta, A, *args, **kwargs)
 
     for module in (selective_mixer, qs_s6):  # the two places that call the op
-        monkeypatch.setattr(module, "selective_scan", counting_scan)
+        monkeypatch.setattr(module, "selective_scan", recording_scan)
     for s6 in mixer.ssms:  # tell the candidates apart by their A
         s6.A_log.data += torch.rand_like(s6.A_log) * 0.1
     x = torch.randn(16, 12, 8, dtype=torch.float64)
     y = mixer(x, (3, 4))
     choice = mixer.switch.last_choice
-    per_image = 2 if quasi_separable else 1  # QS-S6: the images and their flips in one call
-    chosen = {int(c): per_image * int((choice == c).any(dim=1).sum()) for c in choice.unique()}
-    assert dict(calls) == chosen and len(calls) == len(chosen)  # one call per chosen candidate, on its images
-    assert sum(n for _, n in calls) == 16 * 2 * per_image
+    assert len(calls) == 1  # one scan call for every (image, chosen scan) pair
+    (batch, channels, length), A = calls[0]
+    per_image = 2 if quasi_separable else 1  # QS-S6: the pairs and their flips in one call
+    width, d_state = mixer.d_inner, 4
+    assert (batch, channels, length) == (per_image, 16 * 2 * width, 12)  # 2 scans an image, not 4 or 8
+    candidates = torch.stack([-torch.exp(s.A_log.float()) for s in mixer.ssms])  # (K, width, d_state)
+    torch.testing.assert_close(A.view(16 * 2, width, d_state), candidates[choice.flatten()])  # each pair its choice
 
     # the output is the k-weighted sum of the chosen scans, each computed by the plain per-order path
     monkeypatch.undo()
@@ -251,6 +263,10 @@ def test_switch_of_scans_computes_only_the_chosen_scans(monkeypatch, quasi_separ
     got, want = grads(y), grads(reference)
     assert sum(int(g.abs().sum() > 0) for g in want) > 0
     torch.testing.assert_close(got, want)
+    # every candidate's parameters are in the graph, chosen or not: DDP needs no search for unused ones
+    one = mixer(x[:1], (3, 4))  # one image: 2 of the candidates chosen
+    assert len(mixer.switch.last_choice.unique()) == 2
+    assert all(g is not None for g in torch.autograd.grad(one, params, grad[:1], allow_unused=True))
 
 
 def test_switch_of_scans_balance_loss_is_finite_and_trains_the_router():

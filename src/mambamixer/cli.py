@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=None)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward passes")
     p.add_argument("--augment", default=None, metavar="SPEC",
-                   help="training augmentation: default (the dataset's recipe), none, or a comma list of flip, "
-                        "crop=PIXELS, erase=PROB (e.g. flip,crop=2)")
+                   help="training augmentation: default (the dataset's recipe), none, or a comma list of flip "
+                        "(random; flip=alternate: each image mirrored every other epoch), crop=PIXELS, erase=PROB "
+                        "(e.g. flip,crop=2)")
     p.add_argument("--no-augment", action="store_true", help="no random crops, flips or erasing (--augment none)")
     p.add_argument("--tta", default=None, metavar="MODE",
                    help="also report test metrics with test-time augmentation (flip: mean softmax of each image and "

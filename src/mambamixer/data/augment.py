@@ -20,16 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["TTA_MODES", "AugmentConfig", "ImageTransform", "check_tta", "default_augment", "flips_fit", "parse_augment",
-           "random_crop", "random_erase", "random_hflip", "tta_views"]
+__all__ = ["FLIP_SCHEDULES", "TTA_MODES", "AlternatingFlips", "AugmentConfig", "ImageTransform", "check_tta",
+           "default_augment", "flips_fit", "parse_augment", "random_crop", "random_erase", "random_hflip", "tta_views"]
 
 TTA_MODES = ("flip",)  # test-time augmentation: the image and its mirror
+FLIP_SCHEDULES = ("random", "alternate")  # which images a training epoch mirrors
 
 
 @dataclass
 class AugmentConfig:
     crop_padding: int = 0  # pixels of zero padding a same-size random crop is taken from (0 = off)
-    hflip: bool = False  # random horizontal flips (not for digits: a mirrored 2 is no 2)
+    hflip: bool = False  # horizontal flips (not for digits: a mirrored 2 is no 2)
+    flip_schedule: str = "random"  # "random": p = 0.5 per image and epoch; "alternate": see AlternatingFlips
     erase_prob: float = 0.0  # chance per image of random erasing (Zhong et al., AAAI 2020)
     erase_area: tuple[float, float] = (0.02, 0.33)  # erased fraction of the image, uniform
     erase_aspect: tuple[float, float] = (0.3, 3.3)  # erased height / width, log-uniform
@@ -38,6 +40,8 @@ class AugmentConfig:
         if self.crop_padding < 0 or not 0.0 <= self.erase_prob <= 1.0:
             raise ValueError(f"crop_padding must be >= 0 and erase_prob in [0, 1], got {self.crop_padding}, "
                              f"{self.erase_prob}")
+        if self.flip_schedule not in FLIP_SCHEDULES:
+            raise ValueError(f"flip_schedule must be one of {', '.join(FLIP_SCHEDULES)}, got {self.flip_schedule!r}")
 
 
 def flips_fit(dataset: str) -> bool:
@@ -79,8 +83,9 @@ def parse_augment(spec: str, dataset: str, img_size: int) -> AugmentConfig | Non
     for item in spec.split(","):
         key, eq, value = item.strip().partition("=")
         try:
-            if key == "flip" and not eq:
+            if key == "flip" and (not eq or value.strip() in FLIP_SCHEDULES):
                 fields["hflip"] = True
+                fields["flip_schedule"] = value.strip() if eq else "random"
             elif key == "crop" and eq:
                 fields["crop_padding"] = int(value)
             elif key == "erase" and eq:
@@ -89,7 +94,7 @@ def parse_augment(spec: str, dataset: str, img_size: int) -> AugmentConfig | Non
                 raise ValueError
         except ValueError:
             raise ValueError(f"unknown augmentation {item.strip()!r} in {spec!r}; expected default, none, or a "
-                             "comma list of flip, crop=PIXELS, erase=PROB") from None
+                             "comma list of flip (or flip=alternate), crop=PIXELS, erase=PROB") from None
     return AugmentConfig(**fields)
 
 
@@ -108,10 +113,28 @@ def random_crop(x: Tensor, padding: int) -> Tensor:
     return padded[b, c, rows, cols]
 
 
-def random_hflip(x: Tensor, p: float = 0.5) -> Tensor:
-    """(batch, C, H, W): each image mirrored left-right with probability ``p``."""
-    flip = torch.rand(x.shape[0], device=x.device) < p
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+def random_hflip(x: Tensor, p: float = 0.5, flip: Tensor | None = None) -> Tensor:
+    """(batch, C, H, W): each image mirrored left-right with probability ``p``, or where ``flip`` (batch,) is True."""
+    if flip is None:
+        flip = torch.rand(x.shape[0], device=x.device) < p
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+class AlternatingFlips:
+    """Derandomised flips (Jordan, "94% on CIFAR-10 in 3.29 seconds", 2024): which images an epoch mirrors.
+
+    Image i is mirrored in the first epoch with probability 1/2 (a seeded draw, the same in every
+    process), and from then on in every other epoch: in epoch e iff ``first[i] != (e odd)``. Each
+    image is therefore seen in both orientations in any two consecutive epochs, where random flips
+    show half of the images the same way in both. ``flips(indices, epoch)`` -> bool (batch,).
+    """
+
+    def __init__(self, n_images: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.first = torch.rand(n_images, generator=g) < 0.5
+
+    def __call__(self, indices: Tensor, epoch: int) -> Tensor:
+        return self.first[indices.cpu()] ^ bool(epoch % 2)
 
 
 def random_erase(x: Tensor, p: float, area: tuple[float, float] = (0.02, 0.33),
@@ -154,7 +177,8 @@ class ImageTransform:
         self.img_size = img_size
         self.augment = augment
 
-    def __call__(self, images: Tensor, train: bool = False) -> Tensor:
+    def __call__(self, images: Tensor, train: bool = False, flip: Tensor | None = None) -> Tensor:
+        """``flip`` (batch,) bool: which images to mirror when augmenting with flips (default: random, p = 0.5)."""
         x = images.float() / 255.0
         if self.img_size is not None and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False,
@@ -163,7 +187,7 @@ class ImageTransform:
         if a is not None:
             x = random_crop(x, a.crop_padding)
             if a.hflip:
-                x = random_hflip(x)
+                x = random_hflip(x, flip=flip)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         if a is not None and a.erase_prob > 0:
             x = random_erase(x, a.erase_prob, a.erase_area, a.erase_aspect)

@@ -614,18 +614,20 @@ class BatchLoader:
     Indexes whole batches at once (no per-item collation). ``shuffle`` draws a new order each
     epoch from ``generator``; ``drop_last`` drops the short final batch (training only). A
     ``sampler`` (e.g. the training core's ``EpochSampler``: sharded by rank, resumable) gives the
-    order instead, cut into consecutive batches.
+    order instead, cut into consecutive batches. ``with_indices=True`` adds each image's index in
+    the split, ``(images, labels, indices (b,))`` (for per-image schedules such as ``AlternatingFlips``).
     """
 
     def __init__(self, split: ImageSplit, batch_size: int, shuffle: bool = False,
                  generator: torch.Generator | None = None, drop_last: bool = False,
-                 sampler: Iterable[int] | None = None) -> None:
+                 sampler: Iterable[int] | None = None, with_indices: bool = False) -> None:
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
         self.drop_last = drop_last
         self.sampler = sampler
+        self.with_indices = with_indices
 
     def __len__(self) -> int:
         n = len(self.sampler) if self.sampler is not None else len(self.split)  # type: ignore[arg-type]
@@ -642,7 +644,9 @@ class BatchLoader:
         stop = n - n % bs if self.drop_last else n
         for start in range(0, stop, bs):
             if order is None:  # slices are views: no copy for evaluation
-                yield self.split.images[start:start + bs], self.split.labels[start:start + bs]
+                batch = self.split.images[start:start + bs], self.split.labels[start:start + bs]
+                idx = torch.arange(start, min(start + bs, n))
             else:
                 idx = order[start:start + bs]
-                yield self.split.images[idx], self.split.labels[idx]
+                batch = self.split.images[idx], self.split.labels[idx]
+            yield (*batch, idx) if self.with_indices else batch

@@ -164,67 +164,96 @@ class SelectiveMixer(nn.Module):
         reordered inputs and one index_add puts every output back in token order and sums them.
         The projections giving delta, B and C are position-wise, so they are computed in token order
         and only their small outputs are reordered.
+
+        QS-S6 stacks each order twice, as visited and reversed, with one parameter set per pair (2K
+        scans in the one call), and shifts on the way back: the token visited at step s + 1 receives
+        the scan's output of step s, so neither direction sees its own token; the D term is added
+        once, in token order. This is ``quasi_separable_scan`` without its copies of the flipped
+        inputs and outputs (tested equal to QSS6 per order).
         """
         ks = tuple(ks)
         batch, width, length = u.shape
         ssms = [self.ssms[k] for k in ks]
-        n_k, rank, n = len(ks), ssms[0].dt_rank, ssms[0].d_state
+        qs = self.quasi_separable
+        reps = 2 if qs else 1  # scans per order
+        n_s, rank, n = reps * len(ks), ssms[0].dt_rank, ssms[0].d_state
         visit, gather_index, add_index = _stack_indices(
-            tuple(self.orders[k].name for k in ks), length, grid, width, u.stride(1) == 1, u.device
+            tuple(self.orders[k].name for k in ks), length, grid, width, u.stride(1) == 1, qs, u.device
         )  # fmt: skip
         x_dbl = _matmul(torch.cat([s.x_proj.weight for s in ssms]), u)  # (batch, K (rank + 2 n), length)
-        x_dbl = x_dbl.view(batch, n_k, rank + 2 * n, length)
-        x_dbl = x_dbl.gather(3, visit[None, :, None, :].expand(batch, n_k, rank + 2 * n, length))  # scan order
+        x_dbl = x_dbl.view(batch, len(ks), rank + 2 * n, length)
+        if qs:
+            x_dbl = x_dbl.repeat_interleave(2, dim=1)
+        x_dbl = x_dbl.gather(3, visit[None, :, None, :].expand(batch, n_s, rank + 2 * n, length))  # scan order
         dt, B, C = x_dbl.split([rank, n, n], dim=2)  # B, C: (batch, K, n, length), grouped per order
         # each order's dt_proj on its own rows: a (K, width, rank) @ (batch, K, rank, length) broadcast product
         # (the block-diagonal (K width, K rank) matrix it replaces did K times the work, and its weight
         # gradient was a slow batched product at short lengths)
-        w_dt = torch.stack([s.dt_proj.weight for s in ssms])
-        delta = torch.matmul(w_dt, dt).view(batch, n_k * width, length)
+        w_dt = torch.stack([s.dt_proj.weight for s in ssms for _ in range(reps)])
+        delta = torch.matmul(w_dt, dt).view(batch, n_s * width, length)
         source = u.transpose(1, 2) if u.stride(1) == 1 else u  # the memory of u, flattened per sample
-        us = source.reshape(batch, -1).index_select(1, gather_index).view(batch, n_k * width, length)
+        us = source.reshape(batch, -1).index_select(1, gather_index).view(batch, n_s * width, length)
         y = self._run_scan(ks, us, delta, B.contiguous(), C.contiguous())
-        out = y.new_zeros(batch, length * width).index_add_(1, add_index, y.reshape(batch, -1))
-        return out.view(batch, length, width)
+        # QS: the last step's outputs go to a spare token, dropped
+        out = y.new_zeros(batch, (length + qs) * width).index_add_(1, add_index, y.reshape(batch, -1))
+        out = out[:, : length * width].view(batch, length, width)
+        if qs:
+            out = out + u.transpose(1, 2) * sum(s.D for s in ssms).to(u.dtype)
+        return out
 
     def _switched_scan(self, u: Tensor, choice: Tensor, weights: Tensor, grid: tuple[int, int] | None) -> Tensor:
         """Switch of Scans: only the chosen scans of u (batch, width, length), in token order -> (batch, length, width).
 
         ``choice``, ``weights`` (batch, k): each input's chosen scan orders and their weights; the
-        result is the weighted sum of those scans. The (input, choice) pairs form one batch sorted
-        by order, so the reordering, the projections and the way back run once over it, and the
-        scan once per chosen order, on its contiguous slice.
+        result is the weighted sum of those scans. The (input, choice) pairs form one batch, so the
+        reordering, the projections and the way back run once over it, and so does the scan: the
+        pairs are stacked along its channels, (1, pairs width, length), each pair a group of B and C
+        with its order's A, D and dt bias, so each pair's scan runs with its own order's parameters
+        in a single call.
         """
+        self._check_selective()
         batch, width, length = u.shape
         rank, n = self.ssms[0].dt_rank, self.ssms[0].d_state
-        pairs = torch.argsort(choice.flatten(), stable=True)  # (batch k,) grouped by scan order
-        order, image = choice.flatten()[pairs], pairs // choice.shape[1]
+        order, image = choice.flatten(), torch.arange(batch, device=u.device).repeat_interleave(choice.shape[1])
         visit, inverse = _visits(tuple(o.name for o in self.orders), length, grid, u.device)
         expand = (-1, width, -1)
         us = u.index_select(0, image).gather(2, visit[order][:, None, :].expand(*expand))  # (pairs, width, length)
         w_x = torch.stack([s.x_proj.weight for s in self.ssms]).index_select(0, order)  # (pairs, rank + 2 n, width)
         dt, B, C = torch.bmm(w_x, us).split([rank, n, n], dim=1)
         delta = torch.bmm(torch.stack([s.dt_proj.weight for s in self.ssms]).index_select(0, order), dt)
-        B, C = B.contiguous(), C.contiguous()
-        counts = torch.bincount(order, minlength=len(self.orders)).tolist()
-        # split, not slicing: its backward is one cat, where every slice's would fill a whole zero tensor
-        parts = zip(us.split(counts), delta.split(counts), B.split(counts), C.split(counts), strict=True)
-        ys = [self._run_scan((k,), *part) for k, part in enumerate(parts) if counts[k]]  # the inputs that chose k
-        y = torch.cat(ys) * weights.flatten()[pairs][:, None, None]
+
+        def per_pair(name: str) -> Tensor:  # (pairs width, ...): each pair's channels get its order's parameter
+            return torch.stack([getattr(s, name) for s in self.ssms]).index_select(0, order).flatten(0, 1).float()
+
+        A, D, bias = -torch.exp(per_pair("A_log")), per_pair("D"), per_pair("dt_bias")
+        pairs = order.numel()
+        stacked = (t.reshape(1, pairs * width, length) for t in (us, delta))
+        B, C = B.unsqueeze(0).contiguous(), C.unsqueeze(0).contiguous()  # (1, pairs, n, length): a group per pair
+        if self.quasi_separable:
+            y = quasi_separable_scan(*stacked, A, B, C, D, bias)
+        else:
+            y = selective_scan(*stacked, A, B, C, D, delta_bias=bias, delta_softplus=True)
+        y = y.view(pairs, width, length) * weights.flatten()[:, None, None]
         y = y.gather(2, inverse[order][:, None, :].expand(*expand))  # back to token order
         return y.new_zeros(batch, width, length).index_add_(0, image, y).transpose(1, 2)
 
     def _run_scan(self, ks: tuple[int, ...], u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        """The scan of orders ``ks`` stacked along channels: u, delta (batch, K width, length), B, C grouped."""
-        ssms = [self.ssms[k] for k in ks]
-        if any(not s.selective for s in ssms):
-            raise ValueError("the vision mixers need selective S6 layers")
+        """The scan of orders ``ks`` stacked along channels: u, delta (batch, S width, length), B, C grouped.
+
+        S = K scans, or with QS-S6 2K: each order's parameters serve two consecutive scans (visited
+        and reversed), which run without the D term (``_stacked_scan`` adds it).
+        """
+        self._check_selective()
+        reps = 2 if self.quasi_separable else 1
+        ssms = [self.ssms[k] for k in ks for _ in range(reps)]
         A = -torch.exp(torch.cat([s.A_log for s in ssms]).float())
-        D = torch.cat([s.D for s in ssms]).float()
+        D = None if self.quasi_separable else torch.cat([s.D for s in ssms]).float()
         bias = torch.cat([s.dt_bias for s in ssms]).float()
-        if self.quasi_separable:
-            return quasi_separable_scan(u, delta, A, B, C, D, bias)
         return selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
+
+    def _check_selective(self) -> None:
+        if any(not s.selective for s in self.ssms):
+            raise ValueError("the vision mixers need selective S6 layers")
 
 
 def _matmul(w: Tensor, x: Tensor) -> Tensor:
@@ -258,18 +287,24 @@ def _visits(names: tuple[str, ...], length: int, grid: tuple[int, int] | None,
 
 
 @lru_cache(maxsize=512)
-def _stack_indices(names: tuple[str, ...], length: int, grid: tuple[int, int] | None, width: int,
-                   token_major: bool, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+def _stack_indices(names: tuple[str, ...], length: int, grid: tuple[int, int] | None, width: int, token_major: bool,
+                   both_ways: bool, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Index tensors of ``_stacked_scan`` (built once per shape).
 
-    visit (K, length): the token at each step of each order. gather_index (K width length): for
-    the stacked input (K, width, length), the flat position in u's memory (token-major
-    (length, width) or channel-first (width, length)). add_index: the flat token-major position
-    (length, width) each stacked output element returns to.
+    visit (S, length): the token at each step of each of the S stacked scans (the K orders, or with
+    ``both_ways`` each order followed by its reverse). gather_index (S width length): for the stacked
+    input (S, width, length), the flat position in u's memory (token-major (length, width) or
+    channel-first (width, length)). add_index: the flat token-major position (length, width) each
+    stacked output element returns to; with ``both_ways`` that of the next step's token (step
+    length - 1 goes to a spare token, position length).
     """
     visit = _visits(names, length, grid, torch.device("cpu"))[0]
+    if both_ways:
+        visit = torch.stack([visit, visit.flip(1)], dim=1).flatten(0, 1)
     channel = torch.arange(width)[None, :, None]
     token = visit[:, None, :]
+    gather_index = (token * width + channel) if token_major else (channel * length + token)
+    if both_ways:
+        token = torch.cat([visit[:, 1:], torch.full((len(visit), 1), length)], dim=1)[:, None, :]
     add_index = (token * width + channel).flatten()
-    gather_index = add_index if token_major else (channel * length + token).flatten()
-    return visit.to(device), gather_index.to(device), add_index.to(device)
+    return visit.to(device), gather_index.flatten().to(device), add_index.to(device)

@@ -156,12 +156,6 @@ class ViM2(PretrainedMixin, HierarchicalBackbone):
         self.input_multiple = c.strides[0]  # patch merging pads odd grids
         self._init_backbone(c.in_chans, c.features_only, c.out_indices)
 
-    @property
-    def skips_parameters(self) -> bool:
-        """True when a forward may leave parameters without a gradient: Switch of Scans computes only the
-        chosen scans, so an unchosen scan's A and D get none (DDP must then look for unused parameters)."""
-        return self.config.switch_of_scans
-
     def aux_loss(self) -> Tensor:
         """The Switch-of-Scans load-balancing loss of the latest forward, already weighted.
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mambamixer.data.augment import AugmentConfig, ImageTransform, check_tta, parse_augment, tta_views
+from mambamixer.data.augment import AlternatingFlips, AugmentConfig, ImageTransform, check_tta, parse_augment, tta_views
 from mambamixer.data.images import (
     VAL_FRACTION,
     BatchLoader,
@@ -418,12 +418,16 @@ def run_classify(
 
     # 3. train; the best epoch on validation top-1 is checkpointed as it appears. The sampler shuffles
     # by (seed, epoch) and shards by rank.
-    train_loader = BatchLoader(ds.train, local_batch, sampler=EpochSampler(len(ds.train), seed, ctx, local_batch))
+    sampler = EpochSampler(len(ds.train), seed, ctx, local_batch)
+    alternate = aug is not None and aug.hflip and aug.flip_schedule == "alternate"
+    flips = AlternatingFlips(len(ds.train), seed) if alternate else None
+    train_loader = BatchLoader(ds.train, local_batch, sampler=sampler, with_indices=alternate)
     smoothing = hp["label_smoothing"]
 
-    def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        images, labels = batch
-        return classification_loss(m, transform(images, train=True), labels, smoothing)
+    def loss_fn(m: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        images, labels = batch[:2]
+        flip = flips(batch[2], sampler.epoch) if flips is not None else None
+        return classification_loss(m, transform(images, train=True, flip=flip), labels, smoothing)
 
     def validate(m: nn.Module) -> dict[str, float]:
         r = classification_metrics(m, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx)
