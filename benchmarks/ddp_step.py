@@ -17,9 +17,9 @@ import time
 
 import torch
 import torch.distributed as dist
+from train_step import parse_model  # benchmarks/ is the script's folder, so on sys.path
 
 from mambamixer import create_model
-from mambamixer.cli import key_value
 from mambamixer.tasks.classify import classification_loss
 from mambamixer.training import distributed
 
@@ -30,8 +30,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="images per process and step")
     p.add_argument("--steps", type=int, default=40)
     args = p.parse_args()
-    name, _, rest = args.model.partition(":")
-    overrides = dict(key_value(item) for item in filter(None, rest.split(",")))
+    name, overrides = parse_model(args.model)
     torch.set_num_threads(1)
     ctx, device = distributed.setup(torch.device("cpu"))
     torch.manual_seed(0)
