@@ -211,7 +211,6 @@ class SelectiveMixer(nn.Module):
         with its order's A, D and dt bias, so each pair's scan runs with its own order's parameters
         in a single call.
         """
-        self._check_selective()
         batch, width, length = u.shape
         rank, n = self.ssms[0].dt_rank, self.ssms[0].d_state
         order, image = choice.flatten(), torch.arange(batch, device=u.device).repeat_interleave(choice.shape[1])
@@ -221,11 +220,7 @@ class SelectiveMixer(nn.Module):
         w_x = torch.stack([s.x_proj.weight for s in self.ssms]).index_select(0, order)  # (pairs, rank + 2 n, width)
         dt, B, C = torch.bmm(w_x, us).split([rank, n, n], dim=1)
         delta = torch.bmm(torch.stack([s.dt_proj.weight for s in self.ssms]).index_select(0, order), dt)
-
-        def per_pair(name: str) -> Tensor:  # (pairs width, ...): each pair's channels get its order's parameter
-            return torch.stack([getattr(s, name) for s in self.ssms]).index_select(0, order).flatten(0, 1).float()
-
-        A, D, bias = -torch.exp(per_pair("A_log")), per_pair("D"), per_pair("dt_bias")
+        A, D, bias = self._scan_parameters(order)
         pairs = order.numel()
         stacked = (t.reshape(1, pairs * width, length) for t in (us, delta))
         B, C = B.unsqueeze(0).contiguous(), C.unsqueeze(0).contiguous()  # (1, pairs, n, length): a group per pair
@@ -243,17 +238,20 @@ class SelectiveMixer(nn.Module):
         S = K scans, or with QS-S6 2K: each order's parameters serve two consecutive scans (visited
         and reversed), which run without the D term (``_stacked_scan`` adds it).
         """
-        self._check_selective()
         reps = 2 if self.quasi_separable else 1
-        ssms = [self.ssms[k] for k in ks for _ in range(reps)]
-        A = -torch.exp(torch.cat([s.A_log for s in ssms]).float())
-        D = None if self.quasi_separable else torch.cat([s.D for s in ssms]).float()
-        bias = torch.cat([s.dt_bias for s in ssms]).float()
-        return selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
+        A, D, bias = self._scan_parameters(torch.tensor([k for k in ks for _ in range(reps)], device=u.device))
+        return selective_scan(u, delta, A, B, C, None if self.quasi_separable else D, delta_bias=bias,
+                              delta_softplus=True)  # fmt: skip
 
-    def _check_selective(self) -> None:
+    def _scan_parameters(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """A (S width, d_state), D and dt bias (S width,) in float32 for S stacked scans; scan i uses order index[i]."""
         if any(not s.selective for s in self.ssms):
             raise ValueError("the vision mixers need selective S6 layers")
+
+        def gathered(name: str) -> Tensor:
+            return torch.stack([getattr(s, name) for s in self.ssms]).index_select(0, index).flatten(0, 1).float()
+
+        return -torch.exp(gathered("A_log")), gathered("D"), gathered("dt_bias")
 
 
 def _matmul(w: Tensor, x: Tensor) -> Tensor:
