@@ -40,6 +40,11 @@ CASES = [  # batch, d_inner, length, d_state, groups, with_D, with_z
     (1, 6, 33, 16, 3, False, True),
     (3, 4, 70, 16, 2, True, True),
     (2, 5, 129, 4, None, False, False),
+    # Whole blocks of 16 channels, moved by the fused kernel's transposed tiles, with lengths that
+    # end inside a tile: shorter than one (12), 2 tiles + 5, and a second segment of 2 tiles + 12.
+    (2, 32, 12, 4, 2, True, True),
+    (2, 48, 37, 4, None, True, False),
+    (1, 32, 300, 2, 2, True, True),
 ]
 
 
@@ -105,8 +110,9 @@ def test_chunked_scan_cuts_a_large_batch_into_pieces(monkeypatch, groups):
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
-def test_backend_matches_reference_float64_exactly(backend):
-    inputs = make_inputs(2, 4, 40, 8, groups=2, dtype=torch.float64)
+@pytest.mark.parametrize("d_inner, length", [(4, 40), (32, 21)])
+def test_backend_matches_reference_float64_exactly(backend, d_inner, length):
+    inputs = make_inputs(2, d_inner, length, 8, groups=2, dtype=torch.float64)
     ref_out, ref_last = _run("reference", inputs)
     out, last = _run(backend, inputs)
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)

@@ -14,7 +14,8 @@ Transcendentals: for float32, ``vexp2`` (polynomial on [-0.5, 0.5] plus exponent
 relative error below 1e-7) and ``vexp`` (Cephes expf: exp(r) 2**k with r = x - k log(2) split
 in two parts, relative error below 1.2e-7); results below float32's smallest normal are
 flushed to about 1.2e-38. ``vsigmoid`` and ``vsoftplus`` build on them (softplus with Cephes'
-logf polynomial for log1p, and torch's threshold of 20). For float64 every function calls
+logf polynomial for log1p, and torch's threshold of 20); ``vsoftplus_grad`` gives softplus and
+its derivative together from one exp. For float64 every function calls
 libm (exp, exp2, log1p), accurate to an ulp: that path serves gradcheck.
 
 ``fast_exp`` is the scalar version of the float32 exp for code that relies on LLVM's
@@ -305,7 +306,10 @@ def _emit_sigmoid(builder, x):
     return builder.fdiv(one, builder.fadd(one, _emit_exp(builder, builder.fsub(_const(x.type, 0.0), x))))
 
 
-def _emit_softplus(builder, x):
+def _emit_softplus(builder, x, with_sigmoid=False):
+    """softplus(x), or (softplus(x), sigmoid(x)) with one exp between them (float32)."""
+    one = _const(x.type, 1.0)
+    above = builder.fcmp_ordered(">", x, _const(x.type, 20.0))  # torch's threshold: x itself, gradient 1
     if x.type.element == ir.DoubleType():  # lane by lane with libm's log1p
         scalar = ir.DoubleType()
         exp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(scalar, [scalar]), "llvm.exp.f64")
@@ -314,6 +318,7 @@ def _emit_softplus(builder, x):
         for i in range(LANES):
             lane = builder.extract_element(x, ir.Constant(_I32, i))
             res = builder.insert_element(res, builder.call(log1p, [builder.call(exp, [lane])]), ir.Constant(_I32, i))
+        sig = _emit_sigmoid(builder, x) if with_sigmoid else None
     else:  # max(x, 0) + log1p(q), q = exp(-|x|) in (0, 1]
         zero = _const(x.type, 0.0)
         neg = builder.fcmp_ordered("<", x, zero)
@@ -326,7 +331,10 @@ def _emit_softplus(builder, x):
         lp = builder.fadd(r, builder.fadd(p, builder.fmul(r2, _const(x.type, -0.5))))
         lp = builder.select(big, builder.fadd(lp, _const(x.type, math.log(2.0))), lp)
         res = builder.fadd(builder.select(neg, zero, x), lp)
-    return builder.select(builder.fcmp_ordered(">", x, _const(x.type, 20.0)), x, res)
+        # sigmoid(x) = 1 / (1 + q) for x >= 0, q / (1 + q) below.
+        sig = builder.fdiv(builder.select(neg, q, one), builder.fadd(one, q)) if with_sigmoid else None
+    res = builder.select(above, x, res)
+    return res if not with_sigmoid else (res, builder.select(above, one, sig))
 
 
 def _unary_intrinsic(emit, doc):
@@ -348,6 +356,19 @@ vexp = _unary_intrinsic(_emit_exp, "exp of every lane.")
 vexp2 = _unary_intrinsic(_emit_exp2, "2**v of every lane.")
 vsigmoid = _unary_intrinsic(_emit_sigmoid, "1 / (1 + exp(-v)) of every lane.")
 vsoftplus = _unary_intrinsic(_emit_softplus, "log(1 + exp(v)) of every lane; v itself above 20, as in torch.")
+
+
+@intrinsic
+def vsoftplus_grad(typingctx, v):
+    """(softplus(v), its derivative sigmoid(v)) of every lane, sharing one exp; above 20: (v, 1), as in torch."""
+    if not isinstance(v, Vec):
+        return None
+    pair = types.UniTuple(v, 2)
+
+    def codegen(context, builder, sig, args):
+        return context.make_tuple(builder, pair, list(_emit_softplus(builder, args[0], with_sigmoid=True)))
+
+    return pair(v), codegen
 
 
 # --- transposed tiles ----------------------------------------------------------------------
@@ -375,6 +396,29 @@ def _intp(value):
     return ir.Constant(ir.IntType(types.intp.bitwidth), value)
 
 
+def _lanes_below(builder, n):
+    """<LANES x i1> mask of the lanes below n (an integer value)."""
+    lanes = ir.Constant(ir.VectorType(n.type, LANES), list(range(LANES)))
+    return builder.icmp_signed("<", lanes, _splat(builder, n, ir.VectorType(n.type, LANES)))
+
+
+def _masked_load(builder, ptr, vecty, mask, align):
+    """Lanes of *ptr where mask is set, zero elsewhere; lanes off the mask are not read."""
+    name = f"llvm.masked.load.v{LANES}{'f64' if vecty.element == ir.DoubleType() else 'f32'}.p0"
+    fnty = ir.FunctionType(vecty, [ptr.type, _I32, mask.type, vecty])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    return builder.call(fn, [ptr, ir.Constant(_I32, align), mask, ir.Constant(vecty, [0.0] * LANES)])
+
+
+def _masked_store(builder, value, ptr, mask, align):
+    """*ptr = value in the lanes where mask is set; the other lanes are not written."""
+    vecty = value.type
+    name = f"llvm.masked.store.v{LANES}{'f64' if vecty.element == ir.DoubleType() else 'f32'}.p0"
+    fnty = ir.FunctionType(ir.VoidType(), [vecty, ptr.type, _I32, mask.type])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    builder.call(fn, [value, ptr, ir.Constant(_I32, align), mask])
+
+
 def _tile_args(typingctx, flat, mat, ints):
     return (
         _is_vec_array(flat)
@@ -385,50 +429,60 @@ def _tile_args(typingctx, flat, mat, ints):
 
 
 @intrinsic
-def tile_load_t(typingctx, src, row, col, dst, o):
-    """dst[o + j * LANES + i] = src[row + i, col + j] for i, j < LANES: a transposed tile.
+def tile_load_t(typingctx, src, row, col, dst, o, n):
+    """dst[o + j * LANES + i] = src[row + i, col + j] for i < LANES, j < n: a transposed tile.
 
-    src: 2D float array whose rows are contiguous; dst: 1D contiguous array of the same dtype.
+    n (1 to LANES) columns are read, with masked loads, and n vectors written, so a tile may
+    end with the rows. src: 2D float array whose rows are contiguous; dst: 1D contiguous
+    array of the same dtype.
     """
-    if not _tile_args(typingctx, dst, src, (row, col, o)):
+    if not _tile_args(typingctx, dst, src, (row, col, o, n)):
         return None
 
     def codegen(context, builder, sig, args):
         srcty, dstty = sig.args[0], sig.args[3]
-        row_, col_, o_ = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 2, 4))
+        row_, col_, o_, n_ = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 2, 4, 5))
         align = srcty.dtype.bitwidth // 8
+        vecty = context.get_value_type(Vec(srcty.dtype))
+        mask = _lanes_below(builder, n_)
         rows = [
-            builder.load(_row_pointer(context, builder, srcty, args[0], builder.add(row_, _intp(i)), col_), align=align)
+            _masked_load(builder, _row_pointer(context, builder, srcty, args[0], builder.add(row_, _intp(i)), col_),
+                         vecty, mask, align)  # fmt: skip
             for i in range(LANES)
         ]
         for j, v in enumerate(_transpose(builder, rows)):
-            ptr = _vec_pointer(context, builder, dstty, args[3], types.intp, builder.add(o_, _intp(j * LANES)))
-            builder.store(v, ptr, align=align)
+            with cgutils.if_likely(builder, builder.icmp_signed("<", _intp(j), n_)):
+                ptr = _vec_pointer(context, builder, dstty, args[3], types.intp, builder.add(o_, _intp(j * LANES)))
+                builder.store(v, ptr, align=align)
         return context.get_dummy_value()
 
-    return types.none(src, row, col, dst, o), codegen
+    return types.none(src, row, col, dst, o, n), codegen
 
 
 @intrinsic
-def tile_store_t(typingctx, src, o, dst, row, col):
-    """dst[row + i, col + j] = src[o + j * LANES + i] for i, j < LANES (inverse of ``tile_load_t``)."""
-    if not _tile_args(typingctx, src, dst, (o, row, col)):
+def tile_store_t(typingctx, src, o, dst, row, col, n):
+    """dst[row + i, col + j] = src[o + j * LANES + i] for i < LANES, j < n (inverse of ``tile_load_t``).
+
+    Only the n vectors src[o:o + n * LANES] are read, and n columns of dst written (masked stores).
+    """
+    if not _tile_args(typingctx, src, dst, (o, row, col, n)):
         return None
 
     def codegen(context, builder, sig, args):
         srcty, dstty = sig.args[0], sig.args[2]
-        o_, row_, col_ = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 3, 4))
+        o_, row_, col_, n_ = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 3, 4, 5))
         align = srcty.dtype.bitwidth // 8
+        vecty = context.get_value_type(Vec(srcty.dtype))
+        mask = _lanes_below(builder, n_)
         cols = [
-            builder.load(
-                _vec_pointer(context, builder, srcty, args[0], types.intp, builder.add(o_, _intp(j * LANES))),
-                align=align,
-            )  # fmt: skip
+            _masked_load(builder, _vec_pointer(context, builder, srcty, args[0], types.intp,
+                                               builder.add(o_, _intp(j * LANES))),
+                         vecty, _splat(builder, builder.icmp_signed("<", _intp(j), n_), mask.type), align)
             for j in range(LANES)
-        ]
+        ]  # fmt: skip
         for i, v in enumerate(_transpose(builder, cols)):
             ptr = _row_pointer(context, builder, dstty, args[2], builder.add(row_, _intp(i)), col_)
-            builder.store(v, ptr, align=align)
+            _masked_store(builder, v, ptr, mask, align)
         return context.get_dummy_value()
 
-    return types.none(src, o, dst, row, col), codegen
+    return types.none(src, o, dst, row, col, n), codegen

@@ -4,7 +4,10 @@ Layout: channels are processed in blocks of ``W`` (= ``LANES``) neighbours of on
 and every vector in the kernels holds one value per channel of a block, so the d_state loop
 is a loop over whole SIMD vectors and sums over d_state are plain vector adds. The block's
 slices of u, delta, z and the output gradient are transposed tile by tile into small
-(time, channel) scratch buffers, and the results transposed back the same way.
+(time, channel) scratch buffers, and the results transposed back the same way; a tile cut short
+by the end of the sequence (lengths that are not a multiple of 16, and sequences shorter than
+one tile, such as the vision models' channel mixers' 12 steps) moves with masked loads and
+stores, so only blocks narrower than 16 channels take the element-by-element path.
 
 Forward: one work item per (batch, block); the states of the block stay in a (d_state, W)
 buffer, so the (batch, d_inner, length, d_state) tensors of the reference never exist. When a
@@ -15,12 +18,14 @@ Backward: one work item per (batch, group, chunk of blocks), segments right to l
 states of a block's segment are recomputed from the saved ones into a (SEG, d_state, W)
 buffer, then the adjoint recurrence runs right to left, so scratch memory does not grow with
 the length. The gradients of B and C, shared by the channels of a group, are accumulated lane
-by lane over the blocks of a chunk and summed over the lanes once per segment.
+by lane over the blocks of a chunk and summed over the lanes once per segment (``vsum``).
 
 exp(dt A) is computed as 2 ** (dt A log2(e)) by ``vexp2`` (A scaled once per block). The
-softplus of delta (+ delta_bias) and the SiLU gate of z are fused into the kernels too, so the
+softplus of delta (+ delta_bias) and the SiLU gate of z are fused into the kernels too (the
+backward takes softplus and its derivative from one exp, ``vsoftplus_grad``), so the
 op runs no element-wise PyTorch kernels besides dtype conversions (each of which also costs a
-thread-pool round trip, expensive on a busy machine). Work items are scheduled dynamically.
+thread-pool round trip, expensive on a busy machine). Work items are scheduled dynamically over
+several threads, in one static chunk on one thread (``_run``).
 
 Why numba rather than a C++ extension: it installs from wheels with ``pip`` on every platform,
 needs no compiler or torch build environment at install time, and caches the compiled kernels
@@ -45,8 +50,9 @@ from mambamixer.ops.numba_math import (
     vload,
     vsigmoid,
     vsoftplus,
+    vsoftplus_grad,
     vstore,
-    vwhere_gt,
+    vsum,
 )
 
 _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -75,12 +81,8 @@ def _workspace(length: int, d_state: int, dtype: torch.dtype, backward: bool) ->
 def _load_block(src, d0, nw, t0, sl, dst):
     """dst[t * W + w] = src[d0 + w, t0 + t] for t < sl, w < W (zero for w >= nw)."""
     if nw == W and src.strides[1] == src.itemsize:
-        full = sl - sl % W
-        for tt in range(0, full, W):
-            tile_load_t(src, d0, t0 + tt, dst, tt * W)
-        for t in range(full, sl):
-            for w in range(W):
-                dst[t * W + w] = src[d0 + w, t0 + t]
+        for tt in range(0, sl, W):
+            tile_load_t(src, d0, t0 + tt, dst, tt * W, min(W, sl - tt))
     else:
         for t in range(sl):
             for w in range(nw):
@@ -93,12 +95,8 @@ def _load_block(src, d0, nw, t0, sl, dst):
 def _store_block(src, dst, d0, nw, t0, sl):
     """dst[d0 + w, t0 + t] = src[t * W + w] for t < sl, w < nw (dst: contiguous rows)."""
     if nw == W:
-        full = sl - sl % W
-        for tt in range(0, full, W):
-            tile_store_t(src, tt * W, dst, d0, t0 + tt)
-        for t in range(full, sl):
-            for w in range(W):
-                dst[d0 + w, t0 + t] = src[t * W + w]
+        for tt in range(0, sl, W):
+            tile_store_t(src, tt * W, dst, d0, t0 + tt, min(W, sl - tt))
     else:
         for t in range(sl):
             for w in range(nw):
@@ -120,9 +118,11 @@ def _prepare_dt(ds, dsg, sl, bias, softplus, grad):
     for t in range(sl):
         o = t * W
         x = vload(ds, o) + bias
-        if softplus:
-            if grad:
-                vstore(dsg, o, vwhere_gt(x, 20.0, bias * 0.0 + 1.0, vsigmoid(x)))
+        if softplus and grad:
+            sp, sg = vsoftplus_grad(x)
+            vstore(ds, o, sp)
+            vstore(dsg, o, sg)
+        elif softplus:
             vstore(ds, o, vsoftplus(x))
         else:
             vstore(ds, o, x)
@@ -324,7 +324,7 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlas
                 cf = ckpt[b, g * nbg + k_lo + j, s]
                 for i in range(0, NW, W):
                     vstore(hs, i, vload(cf, i))
-                # Recompute the states (and the pre-gate output y) of the segment.
+                # Recompute the states (and the pre-gate output y, for the gradient of z) of the segment.
                 for t in range(sl):
                     o = t * W
                     ho = t * NW
@@ -339,7 +339,8 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlas
                         vstore(dec, ho + on, e)
                         hn = e * vload(hs, ho + on) + dtx * Bf[n, t0 + t]
                         vstore(hs, ho + NW + on, hn)
-                        y = y + hn * Cf[n, t0 + t]
+                        if has_z:
+                            y = y + hn * Cf[n, t0 + t]
                         vstore(accC, ho + on, vload(accC, ho + on) + gy * hn)
                     vstore(ys, o, y)
                 if has_z:  # d out / d z = y * silu'(z)
@@ -387,13 +388,8 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlas
             for t in range(sl):
                 for n in range(d_state):
                     i = (t * d_state + n) * W
-                    sb = accB[i]
-                    sc = accC[i]
-                    for w in range(1, W):
-                        sb += accB[i + w]
-                        sc += accC[i + w]
-                    dBf[n, t0 + t] += sb
-                    dCf[n, t0 + t] += sc
+                    dBf[n, t0 + t] += vsum(vload(accB, i))
+                    dCf[n, t0 + t] += vsum(vload(accC, i))
         for j in range(nb):
             d0 = g * per_group + (k_lo + j) * W
             nw = min(W, (g + 1) * per_group - d0)
@@ -402,21 +398,20 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlas
                 dD_part[b, 1, d0 + w] = small[j * 4 * W + 3 * W + w]
                 for n in range(d_state):
                     dA_part[b, d0 + w, n] = dA_acc[j * NW + n * W + w]
-    # Sums over the batch (and the chunks), serially.
+    # Sums over the batch (and the chunks), serially, in memory order.
     for d in range(dim):
-        for n in range(d_state):
-            acc = dA_part[0, d, n]
-            for b in range(1, batch):
-                acc += dA_part[b, d, n]
-            dA[d, n] = acc
-        acc_d = dD_part[0, 0, d]
-        acc_b = dD_part[0, 1, d]
-        for b in range(1, batch):
-            acc_d += dD_part[b, 0, d]
-            acc_b += dD_part[b, 1, d]
-        dD[d] = acc_d
+        dD[d] = dD_part[0, 0, d]
         if has_bias:
-            dbias[d] = acc_b
+            dbias[d] = dD_part[0, 1, d]
+        for n in range(d_state):
+            dA[d, n] = dA_part[0, d, n]
+    for b in range(1, batch):
+        for d in range(dim):
+            dD[d] += dD_part[b, 0, d]
+            if has_bias:
+                dbias[d] += dD_part[b, 1, d]
+            for n in range(d_state):
+                dA[d, n] += dA_part[b, d, n]
     for c in range(1, n_chunks):
         for b in range(batch):
             for g in range(groups):
@@ -427,7 +422,14 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlas
 
 
 def _run(kernel, *args) -> None:
-    """kernel(*args) with dynamic scheduling of the work items (robust to busy cores)."""
+    """kernel(*args) with dynamic scheduling of the work items over several threads (robust to busy cores).
+
+    One thread (each process of a DDP run) takes them in one static chunk: handing out thousands
+    of short items one by one (the channel mixers' 12-step scans) would cost more than it balances.
+    """
+    if numba.get_num_threads() == 1:
+        kernel(*args)
+        return
     chunksize = numba.set_parallel_chunksize(1)
     try:
         kernel(*args)
