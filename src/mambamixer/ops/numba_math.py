@@ -127,10 +127,15 @@ def _splat(builder, scalar, vecty):
     return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
 
 
+def _vec_suffix(vecty) -> str:
+    """The overload suffix of LLVM intrinsics for vecty: "v16f32" or "v16f64"."""
+    return f"v{LANES}{'f64' if vecty.element == ir.DoubleType() else 'f32'}"
+
+
 def _intrinsic_fn(builder, vecty, name):
     """The unary LLVM intrinsic ``name`` (e.g. "llvm.exp") for vecty."""
-    suffix = f"v{LANES}{'f64' if vecty.element == ir.DoubleType() else 'f32'}"
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty]), f"{name}.{suffix}")
+    fnty = ir.FunctionType(vecty, [vecty])
+    return cgutils.get_or_insert_function(builder.module, fnty, f"{name}.{_vec_suffix(vecty)}")
 
 
 def _vec_pointer(context, builder, arrty, arr, idxty, idx):
@@ -404,18 +409,15 @@ def _lanes_below(builder, n):
 
 def _masked_load(builder, ptr, vecty, mask, align):
     """Lanes of *ptr where mask is set, zero elsewhere; lanes off the mask are not read."""
-    name = f"llvm.masked.load.v{LANES}{'f64' if vecty.element == ir.DoubleType() else 'f32'}.p0"
     fnty = ir.FunctionType(vecty, [ptr.type, _I32, mask.type, vecty])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_vec_suffix(vecty)}.p0")
     return builder.call(fn, [ptr, ir.Constant(_I32, align), mask, ir.Constant(vecty, [0.0] * LANES)])
 
 
 def _masked_store(builder, value, ptr, mask, align):
     """*ptr = value in the lanes where mask is set; the other lanes are not written."""
-    vecty = value.type
-    name = f"llvm.masked.store.v{LANES}{'f64' if vecty.element == ir.DoubleType() else 'f32'}.p0"
-    fnty = ir.FunctionType(ir.VoidType(), [vecty, ptr.type, _I32, mask.type])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    fnty = ir.FunctionType(ir.VoidType(), [value.type, ptr.type, _I32, mask.type])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.{_vec_suffix(value.type)}.p0")
     builder.call(fn, [value, ptr, ir.Constant(_I32, align), mask])
 
 
