@@ -234,19 +234,6 @@ for _op, _name in ((operator.add, "fadd"), (operator.sub, "fsub"), (operator.mul
 
 
 @intrinsic
-def vwhere_gt(typingctx, x, threshold, a, b):
-    """Lane by lane: a where x > threshold, else b."""
-    if not (isinstance(x, Vec) and _is_number(threshold) and a == x and b == x):
-        return None
-
-    def codegen(context, builder, sig, args):
-        thr = _splat(builder, context.cast(builder, args[1], sig.args[1], sig.args[0].dtype), args[0].type)
-        return builder.select(builder.fcmp_ordered(">", args[0], thr), args[2], args[3])
-
-    return x(x, threshold, a, b), codegen
-
-
-@intrinsic
 def vsum(typingctx, v):
     """The sum of the lanes of v."""
     if not isinstance(v, Vec):
