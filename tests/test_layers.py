@@ -13,7 +13,7 @@ from mambamixer.layers.attention import TransformerEncoderLayer
 from mambamixer.layers.channel_mixer import ChannelMixer
 from mambamixer.layers.depthwise_conv import DepthwiseConv2d
 from mambamixer.layers.mamba_mixer import MambaMixer
-from mambamixer.layers.s6 import S6, causal_depthwise_conv1d
+from mambamixer.layers.s6 import S6
 from mambamixer.layers.scan_order import ORDERS_1D, ORDERS_2D, ScanOrder
 from mambamixer.layers.token_mixer import TokenMixer
 from mambamixer.layers.weighted_average import WeightedAverage
@@ -36,18 +36,6 @@ def test_non_selective_s6_ignores_input_content_in_its_parameters():
     for a, b in zip(s6.ssm_parameters(x1), s6.ssm_parameters(x2), strict=True):
         torch.testing.assert_close(a, b)
     assert S6(8, 4).ssm_parameters(x1)[1].ne(S6(8, 4).ssm_parameters(x2)[1]).any()
-
-
-@pytest.mark.parametrize("length", [1, 2, 9])
-def test_causal_depthwise_conv_matches_padded_conv1d(length):
-    conv = nn.Conv1d(6, 6, 4, groups=6)
-    x = torch.randn(2, 6, length)
-    expected = F.conv1d(F.pad(x, (3, 0)), conv.weight, conv.bias, groups=6)
-    torch.testing.assert_close(causal_depthwise_conv1d(conv, x), expected)
-    # token-major layout (batch, length, d): the same numbers, transposed
-    torch.testing.assert_close(causal_depthwise_conv1d(conv, x.transpose(1, 2), time_dim=1), expected.transpose(1, 2))
-    with pytest.raises(ValueError, match="time_dim"):
-        causal_depthwise_conv1d(conv, x, time_dim=0)
 
 
 @pytest.mark.parametrize("name", ORDERS_1D + ORDERS_2D)

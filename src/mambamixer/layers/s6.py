@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambamixer.ops import selective_scan
@@ -82,29 +81,3 @@ class S6(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, selective={self.selective}"
-
-
-def causal_depthwise_conv1d(conv: nn.Conv1d, x: Tensor, time_dim: int = -1) -> Tensor:
-    """Depthwise conv padded on the left only: output t sees inputs <= t.
-
-    x is (batch, d, length) with ``time_dim=-1``, or token-major (batch, length, d) with
-    ``time_dim=1``; ``conv.weight`` is (d, 1, kernel).
-
-    Written as a sum of shifted, scaled copies of the once-padded input: for the short kernels
-    of Mamba (4 taps) this is several times faster on CPU than oneDNN's depthwise convolution,
-    forward and backward; in the token-major layout every shifted copy is a run of whole rows.
-    """
-    if x.dim() != 3 or time_dim not in (1, 2, -1, -2):
-        raise ValueError(f"x must be (batch, d, length) or (batch, length, d) with time_dim -1 or 1, "
-                         f"got shape {tuple(x.shape)} and time_dim {time_dim}")  # fmt: skip
-    token_major = time_dim in (1, -2)
-    kernel, length = conv.weight.shape[-1], x.shape[1 if token_major else 2]
-    # tap k broadcastable against x: (d,) over (batch, length, d), or (d, 1) over (batch, d, length)
-    taps = conv.weight[:, 0, :].t() if token_major else conv.weight[:, 0, :].t()[..., None]
-    padded = F.pad(x, (0, 0, kernel - 1, 0) if token_major else (kernel - 1, 0))
-    out = padded.narrow(time_dim, kernel - 1, length) * taps[kernel - 1]
-    for k in range(kernel - 1):  # out[t] += w[k] * x[t - (kernel - 1 - k)]
-        out = out + padded.narrow(time_dim, k, length) * taps[k]
-    if conv.bias is not None:
-        out = out + (conv.bias if token_major else conv.bias[:, None])
-    return out

@@ -21,9 +21,10 @@ Options for the vision models (ViM2, ViQS; docs/vision.md), all off by default:
   d_inner channels are read as a sequence of d_inner / channel_group steps of channel_group
   features (the vision channel mixer; image-size-agnostic, every token on its own).
 
-Speed on CPU: the conv runs token-major (batch, length, d_inner), where its shifted copies are
-whole rows; the gate is applied inside each scan (the sum of gated scans equals the gated sum),
-so no element-wise kernels run on the scans' outputs. The vision options run every scan order of
+Speed on CPU: the conv runs token-major (batch, length, d_inner) in one fused kernel with the
+SiLU (``ops.causal_conv1d``), reading the reversed order backwards instead of copying it; the
+gate is applied inside each scan (the sum of gated scans equals the gated sum), so no
+element-wise kernels run on the scans' outputs. The vision options run every scan order of
 a mixer as one scan call on the orders stacked along the channels (``_stacked_scan``).
 """
 
@@ -39,10 +40,11 @@ from torch import Tensor, nn
 
 from mambamixer.layers.depthwise_conv import DepthwiseConv2d
 from mambamixer.layers.qs_s6 import QSS6, quasi_separable_scan
-from mambamixer.layers.s6 import S6, causal_depthwise_conv1d
+from mambamixer.layers.s6 import S6
 from mambamixer.layers.scan_order import ScanOrder
 from mambamixer.layers.switch_of_scans import SwitchOfScans
 from mambamixer.ops import selective_scan
+from mambamixer.ops.causal_conv1d import causal_conv1d
 
 
 class SelectiveMixer(nn.Module):
@@ -101,18 +103,26 @@ class SelectiveMixer(nn.Module):
             return self._forward_general(x, grid)
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (batch, length, d_inner) each
         y = None
-        for order, conv, ssm in zip(self.orders, self.convs, self.ssms, strict=True):
-            xs = F.silu(causal_depthwise_conv1d(conv, order.apply(x, grid, dim=1), time_dim=1))
+        for k, (order, ssm) in enumerate(zip(self.orders, self.ssms, strict=True)):
+            xs = self._conv(k, x, grid, time_dim=1)  # (batch, length, d_inner) in scan order
             ys = ssm(xs.transpose(1, 2), z=order.apply(z, grid, dim=1).transpose(1, 2))  # (batch, d_inner, length)
             y = order.undo(ys, grid) if y is None else y + order.undo(ys, grid)
         return self.out_proj(y.transpose(1, 2))
 
+    def _conv(self, k: int, x: Tensor, grid: tuple[int, int] | None, time_dim: int = -1) -> Tensor:
+        """SiLU of scan order k's causal conv of x in token order -> the result in scan order k.
+
+        The reversed order reads x backwards in the conv kernel instead of taking a flipped copy.
+        """
+        order, conv = self.orders[k], self.convs[k]
+        reverse = order.name == "reverse"
+        xs = x if reverse else order.apply(x, grid, dim=time_dim)
+        return causal_conv1d(xs, conv.weight[:, 0], conv.bias, "silu", time_dim=time_dim, reverse=reverse)
+
     def _scan(self, k: int, x: Tensor, grid: tuple[int, int] | None) -> Tensor:
         """Scan order k of x (batch, width, length) in token order -> (batch, width, length) in token order."""
         order = self.orders[k]
-        xs = order.apply(x, grid)
-        if self.convs is not None:
-            xs = F.silu(causal_depthwise_conv1d(self.convs[k], xs))
+        xs = order.apply(x, grid) if self.convs is None else self._conv(k, x, grid)
         return order.undo(self.ssms[k](xs), grid)
 
     def _forward_general(self, x: Tensor, grid: tuple[int, int] | None) -> Tensor:

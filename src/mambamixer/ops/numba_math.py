@@ -19,7 +19,7 @@ its derivative together from one exp. For float64 every function calls
 libm (exp, exp2, log1p), accurate to an ulp: that path serves gradcheck.
 
 ``fast_exp`` is the scalar version of the float32 exp for code that relies on LLVM's
-auto-vectoriser.
+auto-vectoriser. ``run_kernel`` schedules the work items of a parallel kernel.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import operator
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -475,3 +476,19 @@ def tile_store_t(typingctx, src, o, dst, row, col, n):
         return context.get_dummy_value()
 
     return types.none(src, o, dst, row, col, n), codegen
+
+
+def run_kernel(kernel, *args) -> None:
+    """kernel(*args) with dynamic scheduling of the work items over several threads (robust to busy cores).
+
+    One thread (each process of a DDP run) takes them in one static chunk: handing out thousands
+    of short items one by one (the channel mixers' 12-step scans) would cost more than it balances.
+    """
+    if numba.get_num_threads() == 1:
+        kernel(*args)
+        return
+    chunksize = numba.set_parallel_chunksize(1)
+    try:
+        kernel(*args)
+    finally:
+        numba.set_parallel_chunksize(chunksize)

@@ -25,7 +25,7 @@ softplus of delta (+ delta_bias) and the SiLU gate of z are fused into the kerne
 backward takes softplus and its derivative from one exp, ``vsoftplus_grad``), so the
 op runs no element-wise PyTorch kernels besides dtype conversions (each of which also costs a
 thread-pool round trip, expensive on a busy machine). Work items are scheduled dynamically over
-several threads, in one static chunk on one thread (``_run``).
+several threads, in one static chunk on one thread (``numba_math.run_kernel``).
 
 Why numba rather than a C++ extension: it installs from wheels with ``pip`` on every platform,
 needs no compiler or torch build environment at install time, and caches the compiled kernels
@@ -43,6 +43,7 @@ from torch import Tensor
 
 from mambamixer.ops.numba_math import LANES as W
 from mambamixer.ops.numba_math import (
+    run_kernel,
     tile_load_t,
     tile_store_t,
     vbroadcast,
@@ -421,22 +422,6 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlas
                         dC_part[0, b, g, n, t] += dC_part[c, b, g, n, t]
 
 
-def _run(kernel, *args) -> None:
-    """kernel(*args) with dynamic scheduling of the work items over several threads (robust to busy cores).
-
-    One thread (each process of a DDP run) takes them in one static chunk: handing out thousands
-    of short items one by one (the channel mixers' 12-step scans) would cost more than it balances.
-    """
-    if numba.get_num_threads() == 1:
-        kernel(*args)
-        return
-    chunksize = numba.set_parallel_chunksize(1)
-    try:
-        kernel(*args)
-    finally:
-        numba.set_parallel_chunksize(chunksize)
-
-
 def _n_chunks(batch: int, groups: int, dim: int) -> int:
     """Chunks of blocks per (batch, group): about 4 work items per thread (load balance)."""
     threads = numba.get_num_threads()
@@ -463,7 +448,7 @@ class _FusedScan(torch.autograd.Function):
             ckpt = u.new_empty(batch, blocks, -(-u.shape[2] // min(u.shape[2], SEG)), d_state * W)
         else:
             ckpt = u.new_empty(0, 0, 0, 0)
-        _run(
+        run_kernel(
             _forward_kernel, u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
             _array(delta_bias, u, 1), softplus, out.numpy(), last.numpy(), ckpt.numpy(),
             _workspace(u.shape[2], d_state, u.dtype, False),
@@ -487,7 +472,7 @@ class _FusedScan(torch.autograd.Function):
         dA, dD = torch.empty_like(A), torch.empty_like(D)
         dB_part = B.new_empty(n_chunks, *B.shape)
         dC_part = C.new_empty(n_chunks, *C.shape)
-        _run(
+        run_kernel(
             _backward_kernel, u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
             _array(delta_bias, u, 1), ctx.softplus, ckpt.numpy(), dout.numpy(), _array(dlast, u, 3),
             du.numpy(), ddelta.numpy(), _array(dz, u, 3), dA.numpy(), dB_part.numpy(), dC_part.numpy(),
