@@ -79,9 +79,22 @@ def _workspace(length: int, d_state: int, dtype: torch.dtype, backward: bool) ->
 
 
 @numba.njit(**_SERIAL)
-def _load_block(src, d0, nw, t0, sl, dst):
-    """dst[t * W + w] = src[d0 + w, t0 + t] for t < sl, w < W (zero for w >= nw)."""
-    if nw == W and src.strides[1] == src.itemsize:
+def _load_block(src, d0, nw, t0, sl, dst, tm):
+    """dst[t * W + w] = x[d0 + w, t0 + t] for t < sl, w < W (zero for w >= nw).
+
+    x is src (dim, length), or with ``tm`` (token-major) src (length, dim) read as its transpose.
+    """
+    if tm:
+        for t in range(sl):
+            row = src[t0 + t]
+            if nw == W:
+                vstore(dst, t * W, vload(row, d0))
+            else:
+                for w in range(nw):
+                    dst[t * W + w] = row[d0 + w]
+                for w in range(nw, W):
+                    dst[t * W + w] = 0.0
+    elif nw == W and src.strides[1] == src.itemsize:
         for tt in range(0, sl, W):
             tile_load_t(src, d0, t0 + tt, dst, tt * W, min(W, sl - tt))
     else:
@@ -93,9 +106,18 @@ def _load_block(src, d0, nw, t0, sl, dst):
 
 
 @numba.njit(**_SERIAL)
-def _store_block(src, dst, d0, nw, t0, sl):
-    """dst[d0 + w, t0 + t] = src[t * W + w] for t < sl, w < nw (dst: contiguous rows)."""
-    if nw == W:
+def _store_block(src, dst, d0, nw, t0, sl, tm):
+    """x[d0 + w, t0 + t] = src[t * W + w] for t < sl, w < nw; x is dst (dim, length), or with ``tm``
+    dst (length, dim) read as its transpose (dst: contiguous rows)."""
+    if tm:
+        for t in range(sl):
+            row = dst[t0 + t]
+            if nw == W:
+                vstore(row, d0, vload(src, t * W))
+            else:
+                for w in range(nw):
+                    row[d0 + w] = src[t * W + w]
+    elif nw == W:
         for tt in range(0, sl, W):
             tile_store_t(src, tt * W, dst, d0, t0 + tt, min(W, sl - tt))
     else:
@@ -130,15 +152,16 @@ def _prepare_dt(ds, dsg, sl, bias, softplus, grad):
 
 
 @numba.njit(**_JIT)
-def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, out, last_state, ckpt, work):
+def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, tm, out, last_state, ckpt, work):
     """out = (C . h + D u) * silu(z) for every (batch, channel), h the scanned states.
 
-    u, delta, z, out: (batch, dim, length); Bm, Cm: (batch, groups, d_state, length); z and
-    bias have a zero first dimension when absent. ckpt: (batch, groups * blocks per group,
+    u, delta, z, out: (batch, dim, length), or (batch, length, dim) with ``tm`` (token-major);
+    Bm, Cm: (batch, groups, d_state, length); z and bias have a zero first dimension when absent,
+    last_state when it is not wanted. ckpt: (batch, groups * blocks per group,
     segments, d_state * W) receives the states at the segment starts (for the backward pass),
     unless it has a zero first dimension. work: scratch, see ``_workspace``.
     """
-    batch, dim, length = u.shape
+    batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
     d_state = A.shape[1]
     groups = Bm.shape[1]
     per_group = dim // groups
@@ -183,8 +206,8 @@ def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, out, last_state, 
                 cf = ckpt[b, r, t0 // seg]
                 for i in range(0, NW, W):
                     vstore(cf, i, vload(h, i))
-            _load_block(u[b], d0, nw, t0, sl, xs)
-            _load_block(delta[b], d0, nw, t0, sl, ds)
+            _load_block(u[b], d0, nw, t0, sl, xs, tm)
+            _load_block(delta[b], d0, nw, t0, sl, ds, tm)
             _prepare_dt(ds, dsg, sl, bv, softplus, False)
             for t in range(sl):
                 o = t * W
@@ -199,25 +222,27 @@ def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, out, last_state, 
                     y = y + hn * Cf[n, t0 + t]
                 vstore(ys, o, y)
             if has_z:
-                _load_block(z[b], d0, nw, t0, sl, zs)
+                _load_block(z[b], d0, nw, t0, sl, zs, tm)
                 for t in range(sl):
                     zv = vload(zs, t * W)
                     vstore(ys, t * W, vload(ys, t * W) * zv * vsigmoid(zv))
-            _store_block(ys, out[b], d0, nw, t0, sl)
-        for w in range(nw):
-            for n in range(d_state):
-                last_state[b, d0 + w, n] = h[n * W + w]
+            _store_block(ys, out[b], d0, nw, t0, sl, tm)
+        if last_state.shape[0] > 0:
+            for w in range(nw):
+                for n in range(d_state):
+                    last_state[b, d0 + w, n] = h[n * W + w]
 
 
 @numba.njit(**_JIT)
-def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlast,
+def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, tm, ckpt, dout, dlast,
                      du, ddelta, dz, dA, dB_part, dC_part, dD, dbias, n_chunks, work):  # fmt: skip
     """Gradients of every input; dB_part, dC_part: (n_chunks, batch, groups, d_state, length).
+    dout, du, ddelta and dz are laid out as u (token-major with ``tm``).
 
     dlast has a zero first dimension when the last state gets no gradient; dz and dbias when
     z and bias are absent. The B/C gradients end up summed in dB_part[0], dC_part[0].
     """
-    batch, dim, length = u.shape
+    batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
     d_state = A.shape[1]
     groups = Bm.shape[1]
     per_group = dim // groups
@@ -308,12 +333,12 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlas
                 js = j * 4 * W
                 dv = vload(small, js)
                 bv = vload(small, js + W)
-                _load_block(u[b], d0, nw, t0, sl, xs)
-                _load_block(delta[b], d0, nw, t0, sl, ds)
+                _load_block(u[b], d0, nw, t0, sl, xs, tm)
+                _load_block(delta[b], d0, nw, t0, sl, ds, tm)
                 _prepare_dt(ds, dsg, sl, bv, softplus, True)
-                _load_block(dout[b], d0, nw, t0, sl, gs)
+                _load_block(dout[b], d0, nw, t0, sl, gs, tm)
                 if has_z:  # gradient of the pre-gate output: dout silu(z); keep sigmoid(z) in dus
-                    _load_block(z[b], d0, nw, t0, sl, zs)
+                    _load_block(z[b], d0, nw, t0, sl, zs, tm)
                     for t in range(sl):
                         zv = vload(zs, t * W)
                         sig = vsigmoid(zv)
@@ -350,7 +375,7 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlas
                         sig = vload(dus, o)
                         dsilu = sig * (vload(zs, o) * (1.0 - sig) + 1.0)
                         vstore(ys, o, vload(gs, o) * vload(ys, o) * dsilu)
-                    _store_block(ys, dz[b], d0, nw, t0, sl)
+                    _store_block(ys, dz[b], d0, nw, t0, sl, tm)
                 # Adjoint recurrence, right to left; dh holds dLoss/dh_t.
                 dDv = vload(small, js + 2 * W)
                 for t in range(sl - 1, -1, -1):
@@ -383,8 +408,8 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, ckpt, dout, dlas
                 for t in range(sl):
                     dbv = dbv + vload(ddts, t * W)
                 vstore(small, js + 3 * W, dbv)
-                _store_block(dus, du[b], d0, nw, t0, sl)
-                _store_block(ddts, ddelta[b], d0, nw, t0, sl)
+                _store_block(dus, du[b], d0, nw, t0, sl, tm)
+                _store_block(ddts, ddelta[b], d0, nw, t0, sl, tm)
             # Lane sums of the B/C gradients of the segment.
             for t in range(sl):
                 for n in range(d_state):
@@ -435,35 +460,40 @@ def _array(t: Tensor | None, like: Tensor, ndim: int) -> np.ndarray:
 
 
 class _FusedScan(torch.autograd.Function):
-    """The whole op: softplus, scan and gate; B, C as (batch, groups, d_state, length)."""
+    """The whole op: softplus, scan and gate; B, C as (batch, groups, d_state, length).
+
+    u, delta, z: (batch, dim, length), or (batch, length, dim) with ``tm`` (token-major); the
+    output and the gradients of u, delta and z come in the same layout.
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus):
-        batch, dim, _ = u.shape
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, tm, want_last):
+        batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
         d_state = A.shape[1]
         out = torch.empty_like(u)
-        last = u.new_empty(batch, dim, d_state)
+        last = u.new_empty(batch, dim, d_state) if want_last else u.new_empty(0, 0, 0)
         if any(ctx.needs_input_grad):  # states at the segment starts, for the backward pass
             blocks = B.shape[1] * -(-(dim // B.shape[1]) // W)
-            ckpt = u.new_empty(batch, blocks, -(-u.shape[2] // min(u.shape[2], SEG)), d_state * W)
+            ckpt = u.new_empty(batch, blocks, -(-length // min(length, SEG)), d_state * W)
         else:
             ckpt = u.new_empty(0, 0, 0, 0)
         run_kernel(
             _forward_kernel, u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
-            _array(delta_bias, u, 1), softplus, out.numpy(), last.numpy(), ckpt.numpy(),
-            _workspace(u.shape[2], d_state, u.dtype, False),
+            _array(delta_bias, u, 1), softplus, tm, out.numpy(), last.numpy(), ckpt.numpy(),
+            _workspace(length, d_state, u.dtype, False),
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
-        ctx.softplus = softplus
+        ctx.softplus, ctx.tm = softplus, tm
         ctx.set_materialize_grads(False)
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-        batch, dim, _ = u.shape
+        tm = ctx.tm
+        batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
         groups = B.shape[1]
-        dout = torch.zeros_like(u) if dout is None else dout  # any strides
+        dout = torch.zeros_like(u) if dout is None else dout.contiguous()
         dlast = dlast.contiguous() if dlast is not None else None
         n_chunks = _n_chunks(batch, groups, dim)
         du, ddelta = torch.empty_like(u), torch.empty_like(u)
@@ -474,11 +504,11 @@ class _FusedScan(torch.autograd.Function):
         dC_part = C.new_empty(n_chunks, *C.shape)
         run_kernel(
             _backward_kernel, u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
-            _array(delta_bias, u, 1), ctx.softplus, ckpt.numpy(), dout.numpy(), _array(dlast, u, 3),
+            _array(delta_bias, u, 1), ctx.softplus, tm, ckpt.numpy(), dout.numpy(), _array(dlast, u, 3),
             du.numpy(), ddelta.numpy(), _array(dz, u, 3), dA.numpy(), dB_part.numpy(), dC_part.numpy(),
-            dD.numpy(), _array(dbias, u, 1), n_chunks, _workspace(u.shape[2], A.shape[1], u.dtype, True),
+            dD.numpy(), _array(dbias, u, 1), n_chunks, _workspace(length, A.shape[1], u.dtype, True),
         )  # fmt: skip
-        return du, ddelta, dA, dB_part[0], dC_part[0], dD, dz, dbias, None
+        return du, ddelta, dA, dB_part[0], dC_part[0], dD, dz, dbias, None, None, None
 
 
 @torch.compiler.disable  # numba kernels cannot be traced: torch.compile runs around this op
@@ -497,20 +527,27 @@ def selective_scan_cpu_fused(
     """Fused CPU selective scan; same signature, shapes and semantics as the reference.
 
     Computes in float32 (float64 for float64 inputs); bfloat16/float16 inputs are upcast and
-    the output cast back. The last state is differentiable too.
+    the output cast back. The last state is differentiable too. When u lies token-major in
+    memory (a (batch, length, d_inner) tensor seen through ``transpose(1, 2)``, as the mixers
+    produce it), the kernels read u, delta and z and write the output in that layout, so no
+    transposed copies are made (delta and z are copied into it if they lie otherwise).
     """
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, dim, length = u.shape
+    tm = length > 1 and dim > 1 and u.stride(1) == 1  # token-major memory
 
     def prep(t: Tensor | None) -> Tensor | None:
         return t.to(compute).contiguous() if t is not None else None
 
+    def seq(t: Tensor | None) -> Tensor | None:  # u, delta, z in the kernels' layout
+        return prep(t.transpose(1, 2) if tm and t is not None else t)
+
     B = B.unsqueeze(1) if B.dim() == 3 else B
     C = C.unsqueeze(1) if C.dim() == 3 else C
     D = prep(D) if D is not None else u.new_zeros(u.shape[1], dtype=compute)
-    out, last = _FusedScan.apply(
-        prep(u), prep(delta), prep(A), prep(B), prep(C), D, prep(z), prep(delta_bias), bool(delta_softplus)
-    )
-    out = out.to(u.dtype)
+    out, last = _FusedScan.apply(seq(u), seq(delta), prep(A), prep(B), prep(C), D, seq(z), prep(delta_bias),
+                                 bool(delta_softplus), tm, return_last_state)  # fmt: skip
+    out = (out.transpose(1, 2) if tm else out).to(u.dtype)
     return (out, last) if return_last_state else out
 
 
