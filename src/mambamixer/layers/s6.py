@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambamixer.ops import selective_scan
@@ -56,7 +57,10 @@ class S6(nn.Module):
         self.D = no_weight_decay(nn.Parameter(torch.ones(d_inner)))
 
     def ssm_parameters(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """delta (before bias and softplus) (batch, d_inner, length), B and C (batch, d_state, length)."""
+        """delta (before bias and softplus) (batch, d_inner, length), B and C (batch, d_state, length).
+
+        For x lying token-major in memory, delta does too (the fused scan reads it in place).
+        """
         batch, _, length = x.shape
         if not self.selective:
             return (
@@ -64,8 +68,11 @@ class S6(nn.Module):
                 self.B.to(x.dtype)[None, :, None].expand(batch, -1, length),
                 self.C.to(x.dtype)[None, :, None].expand(batch, -1, length),
             )
-        # matmul on (batch, d, length) as it lies: token-major inputs (a transposed view) fold into one
-        # GEMM, channel-first ones (the vision mixers) run as a batched GEMM; neither copies x
+        if x.stride(1) == 1 and length > 1:  # token-major memory: one GEMM, delta comes out token-major too
+            x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (batch, length, dt_rank + 2 d_state)
+            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+            return F.linear(dt, self.dt_proj.weight).transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
+        # channel-first inputs (the vision mixers) run as a batched GEMM, without copying x
         x_dbl = torch.matmul(self.x_proj.weight, x)  # (batch, dt_rank + 2 d_state, length)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         return torch.matmul(self.dt_proj.weight, dt), B, C
