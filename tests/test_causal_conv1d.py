@@ -66,15 +66,16 @@ def test_fused_gradcheck_float64(token_major, reverse):
     )
 
 
-def test_reverse_is_the_conv_of_the_flipped_sequence():
+def test_reverse_is_the_conv_run_right_to_left():
     x, w, b = _inputs(2, 16, 9, 4)
     for backend in ("cpu_fused", "reference"):
         torch.testing.assert_close(causal_conv1d(x, w, b, "silu", reverse=True, backend=backend),
-                                   causal_conv1d(x.flip(-1), w, b, "silu", backend=backend))  # fmt: skip
-    # output t of the reversed conv sees inputs at positions >= length - 1 - t only
-    out = causal_conv1d(x, w, b, reverse=True)
-    (grad,) = torch.autograd.grad(out[..., 0].sum(), x)
-    assert grad[..., :-1].abs().sum() == 0 and grad[..., -1].abs().sum() > 0
+                                   causal_conv1d(x.flip(-1), w, b, "silu", backend=backend).flip(-1))  # fmt: skip
+        # output 2 sees inputs 2 .. 2 + kernel - 1 only
+        out = causal_conv1d(x, w, b, reverse=True, backend=backend)
+        (grad,) = torch.autograd.grad(out[..., 2].sum(), x)
+        assert grad[..., :2].abs().sum() == 0 and grad[..., 6:].abs().sum() == 0
+        assert (grad[..., 2:6].abs().sum(dim=(0, 1)) > 0).all()
 
 
 def test_fused_keeps_the_dtype_of_bfloat16_inputs():

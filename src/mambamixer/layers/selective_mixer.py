@@ -22,10 +22,11 @@ Options for the vision models (ViM2, ViQS; docs/vision.md), all off by default:
   features (the vision channel mixer; image-size-agnostic, every token on its own).
 
 Speed on CPU: the conv runs token-major (batch, length, d_inner) in one fused kernel with the
-SiLU (``ops.causal_conv1d``), reading the reversed order backwards instead of copying it; the
-gate is applied inside each scan (the sum of gated scans equals the gated sum), so no
-element-wise kernels run on the scans' outputs. The vision options run every scan order of
-a mixer as one scan call on the orders stacked along the channels (``_stacked_scan``).
+SiLU (``ops.causal_conv1d``), and the reversed order's conv and scan run right to left in
+token order instead of on flipped copies; the gate is applied inside each scan (the sum of gated
+scans equals the gated sum), so no element-wise kernels run on the scans' outputs. The vision
+options run every scan order of a mixer as one scan call on the orders stacked along the
+channels (``_stacked_scan``).
 """
 
 from __future__ import annotations
@@ -104,26 +105,27 @@ class SelectiveMixer(nn.Module):
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (batch, length, d_inner) each
         y = None
         for k, (order, ssm) in enumerate(zip(self.orders, self.ssms, strict=True)):
-            xs = self._conv(k, x, grid, time_dim=1)  # (batch, length, d_inner) in scan order
-            ys = ssm(xs.transpose(1, 2), z=order.apply(z, grid, dim=1).transpose(1, 2))  # (batch, d_inner, length)
-            y = order.undo(ys, grid) if y is None else y + order.undo(ys, grid)
+            if order.name == "reverse":  # conv and scan run right to left in token order: nothing flipped
+                xs = self._conv(k, x, time_dim=1, reverse=True)  # (batch, length, d_inner)
+                ys = ssm(xs.transpose(1, 2), z=z.transpose(1, 2), reverse=True)  # (batch, d_inner, length)
+            else:
+                xs = self._conv(k, order.apply(x, grid, dim=1), time_dim=1)  # in scan order
+                ys = order.undo(ssm(xs.transpose(1, 2), z=order.apply(z, grid, dim=1).transpose(1, 2)), grid)
+            y = ys if y is None else y + ys
         return self.out_proj(y.transpose(1, 2))
 
-    def _conv(self, k: int, x: Tensor, grid: tuple[int, int] | None, time_dim: int = -1) -> Tensor:
-        """SiLU of scan order k's causal conv of x in token order -> the result in scan order k.
-
-        The reversed order reads x backwards in the conv kernel instead of taking a flipped copy.
-        """
-        order, conv = self.orders[k], self.convs[k]
-        reverse = order.name == "reverse"
-        xs = x if reverse else order.apply(x, grid, dim=time_dim)
-        return causal_conv1d(xs, conv.weight[:, 0], conv.bias, "silu", time_dim=time_dim, reverse=reverse)
+    def _conv(self, k: int, x: Tensor, time_dim: int = -1, reverse: bool = False) -> Tensor:
+        """SiLU of scan order k's causal conv of x along ``time_dim`` (right to left with ``reverse``)."""
+        conv = self.convs[k]
+        return causal_conv1d(x, conv.weight[:, 0], conv.bias, "silu", time_dim=time_dim, reverse=reverse)
 
     def _scan(self, k: int, x: Tensor, grid: tuple[int, int] | None) -> Tensor:
         """Scan order k of x (batch, width, length) in token order -> (batch, width, length) in token order."""
         order = self.orders[k]
-        xs = order.apply(x, grid) if self.convs is None else self._conv(k, x, grid)
-        return order.undo(self.ssms[k](xs), grid)
+        if order.name == "reverse" and self.convs is not None and not self.quasi_separable:
+            return self.ssms[k](self._conv(k, x, reverse=True), reverse=True)
+        xs = order.apply(x, grid)
+        return order.undo(self.ssms[k](xs if self.convs is None else self._conv(k, xs)), grid)
 
     def _forward_general(self, x: Tensor, grid: tuple[int, int] | None) -> Tensor:
         """The token mixer with conv_2d / quasi_separable / sos_top_k; the scans run stacked (``_stacked_scan``)."""

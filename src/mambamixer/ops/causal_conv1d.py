@@ -39,15 +39,16 @@ def causal_conv1d(
 
     x: (batch, d, length) with ``time_dim=-1``, or token-major (batch, length, d) with
     ``time_dim=1``; weight (d, kernel); bias (d,). Returns a tensor of x's shape.
-    ``reverse=True`` runs the conv over the reversed sequence and returns it in that reversed
-    order: ``causal_conv1d(x, reverse=True) == causal_conv1d(x.flip(time_dim))``, so a reversed
-    scan reads its conv's output without a flipped copy of the input.
+    ``reverse=True`` runs it right to left (output t sees inputs >= t, zeros after the last
+    step), the conv before a reversed scan: ``causal_conv1d(x.flip(time_dim)).flip(time_dim)``,
+    computed without flipped copies.
     """
     _check_args(x, weight, bias, activation, time_dim)
     token_major = time_dim in (1, -2)
     backend = backend or ("cpu_fused" if x.device.type == "cpu" else "reference")
     if backend == "reference":
-        x = x.flip(time_dim) if reverse else x
+        if reverse:
+            return _reference(x.flip(time_dim), weight, bias, activation, token_major).flip(time_dim)
         return _reference(x, weight, bias, activation, token_major)
     if backend == "cpu_fused":
         if x.device.type != "cpu":

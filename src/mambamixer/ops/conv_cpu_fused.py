@@ -6,12 +6,12 @@ and twenty backward. At TSM2's sizes (thousands of sequences of 7-12 steps) thei
 memory and per-op overheads made the conv cost as much as the scan it feeds. Here the forward is
 one pass (each output row accumulated from ``kernel`` input rows, then the SiLU in place), the
 backward another (the pre-activation recomputed row by row, then the gradients of the input,
-the weight and the bias accumulated together).
+the weight and the bias accumulated together). ``reverse`` runs the conv right to left (output t
+sees inputs >= t), reading and writing rows from the end instead of flipping copies.
 
 Layout: the kernels see x as (batch, length, d) and loop over d innermost, where token-major
 tensors are contiguous and LLVM vectorises the rows; channel-first inputs (batch, d, length)
-are passed as transposed views (correct, slower). ``reverse`` reads the time axis backwards, so
-the reversed sequence's conv needs no flipped copy. Work items are chunks of the batch; the
+are passed as transposed views (correct, slower). Work items are chunks of the batch; the
 backward sums the weight and bias gradients per chunk, then over chunks.
 """
 
@@ -35,8 +35,8 @@ def _forward_kernel(x, w, bias, silu, reverse, out):
     batch, length, d = x.shape
     kernel = w.shape[0]
     for b in numba.prange(batch):
-        for t in range(length):
-            row = out[b, t]
+        for t in range(length):  # step t of the conv's direction
+            row = out[b, length - 1 - t] if reverse else out[b, t]
             for c in range(d):
                 row[c] = bias[c]
             for j in range(kernel):
@@ -66,6 +66,7 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
         db[:] = 0
         for b in range(chunk * per, min(batch, (chunk + 1) * per)):
             for t in range(length):
+                grow = dout[b, length - 1 - t] if reverse else dout[b, t]
                 if silu:  # recompute the pre-activation a, then g = dout * silu'(a)
                     for c in range(d):
                         g[c] = bias[c]
@@ -78,10 +79,10 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
                             g[c] += w[j, c] * src[c]
                     for c in range(d):
                         sig = ONE / (ONE + fast_exp(-g[c]))
-                        g[c] = dout[b, t, c] * sig * (ONE + g[c] * (ONE - sig))
+                        g[c] = grow[c] * sig * (ONE + g[c] * (ONE - sig))
                 else:
                     for c in range(d):
-                        g[c] = dout[b, t, c]
+                        g[c] = grow[c]
                 for c in range(d):
                     db[c] += g[c]
                 for j in range(kernel):

@@ -133,6 +133,9 @@ def selective_scan(
     if A.is_complex():
         raise ValueError("A must be real; complex A is not supported")
     name = _pick_backend(backend, u)
+    if name == "cpu_fused":  # reverses without flipped copies where it can
+        return selective_scan_cpu_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                        reverse=reverse)  # fmt: skip
     if reverse:
         u, delta, B, C = u.flip(-1), delta.flip(-1), B.flip(-1), C.flip(-1)
         z = z.flip(-1) if z is not None else None

@@ -78,15 +78,25 @@ def _workspace(length: int, d_state: int, dtype: torch.dtype, backward: bool) ->
     return torch.empty(numba.get_num_threads(), cols, dtype=dtype).numpy()
 
 
+CHANNEL_FIRST, TOKEN_MAJOR, TOKEN_MAJOR_REVERSED = 0, 1, 2  # layouts of u, delta, z and the output
+
+
 @numba.njit(**_SERIAL)
-def _load_block(src, d0, nw, t0, sl, dst, tm):
+def _row(src, t, layout):
+    """Row t (time step t of the scan) of a token-major src (length, dim); from the end when reversed."""
+    return src[src.shape[0] - 1 - t] if layout == TOKEN_MAJOR_REVERSED else src[t]
+
+
+@numba.njit(**_SERIAL)
+def _load_block(src, d0, nw, t0, sl, dst, layout):
     """dst[t * W + w] = x[d0 + w, t0 + t] for t < sl, w < W (zero for w >= nw).
 
-    x is src (dim, length), or with ``tm`` (token-major) src (length, dim) read as its transpose.
+    x is src (dim, length) for CHANNEL_FIRST; else src is (length, dim) token-major, x its
+    transpose, with the time axis read from the end for TOKEN_MAJOR_REVERSED.
     """
-    if tm:
+    if layout != CHANNEL_FIRST:
         for t in range(sl):
-            row = src[t0 + t]
+            row = _row(src, t0 + t, layout)
             if nw == W:
                 vstore(dst, t * W, vload(row, d0))
             else:
@@ -106,12 +116,12 @@ def _load_block(src, d0, nw, t0, sl, dst, tm):
 
 
 @numba.njit(**_SERIAL)
-def _store_block(src, dst, d0, nw, t0, sl, tm):
-    """x[d0 + w, t0 + t] = src[t * W + w] for t < sl, w < nw; x is dst (dim, length), or with ``tm``
-    dst (length, dim) read as its transpose (dst: contiguous rows)."""
-    if tm:
+def _store_block(src, dst, d0, nw, t0, sl, layout):
+    """x[d0 + w, t0 + t] = src[t * W + w] for t < sl, w < nw, x and dst as in ``_load_block``
+    (dst: contiguous rows)."""
+    if layout != CHANNEL_FIRST:
         for t in range(sl):
-            row = dst[t0 + t]
+            row = _row(dst, t0 + t, layout)
             if nw == W:
                 vstore(row, d0, vload(src, t * W))
             else:
@@ -152,15 +162,16 @@ def _prepare_dt(ds, dsg, sl, bias, softplus, grad):
 
 
 @numba.njit(**_JIT)
-def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, tm, out, last_state, ckpt, work):
+def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, layout, out, last_state, ckpt, work):
     """out = (C . h + D u) * silu(z) for every (batch, channel), h the scanned states.
 
-    u, delta, z, out: (batch, dim, length), or (batch, length, dim) with ``tm`` (token-major);
-    Bm, Cm: (batch, groups, d_state, length); z and bias have a zero first dimension when absent,
-    last_state when it is not wanted. ckpt: (batch, groups * blocks per group,
-    segments, d_state * W) receives the states at the segment starts (for the backward pass),
-    unless it has a zero first dimension. work: scratch, see ``_workspace``.
+    u, delta, z, out: (batch, dim, length), or (batch, length, dim) token-major (``layout``:
+    ``_load_block``); Bm, Cm: (batch, groups, d_state, length), in scan order; z and bias have a
+    zero first dimension when absent, last_state when it is not wanted. ckpt: (batch, groups *
+    blocks per group, segments, d_state * W) receives the states at the segment starts (for the
+    backward pass), unless it has a zero first dimension. work: scratch, see ``_workspace``.
     """
+    tm = layout != CHANNEL_FIRST
     batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
     d_state = A.shape[1]
     groups = Bm.shape[1]
@@ -206,8 +217,8 @@ def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, tm, out, last_sta
                 cf = ckpt[b, r, t0 // seg]
                 for i in range(0, NW, W):
                     vstore(cf, i, vload(h, i))
-            _load_block(u[b], d0, nw, t0, sl, xs, tm)
-            _load_block(delta[b], d0, nw, t0, sl, ds, tm)
+            _load_block(u[b], d0, nw, t0, sl, xs, layout)
+            _load_block(delta[b], d0, nw, t0, sl, ds, layout)
             _prepare_dt(ds, dsg, sl, bv, softplus, False)
             for t in range(sl):
                 o = t * W
@@ -222,11 +233,11 @@ def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, tm, out, last_sta
                     y = y + hn * Cf[n, t0 + t]
                 vstore(ys, o, y)
             if has_z:
-                _load_block(z[b], d0, nw, t0, sl, zs, tm)
+                _load_block(z[b], d0, nw, t0, sl, zs, layout)
                 for t in range(sl):
                     zv = vload(zs, t * W)
                     vstore(ys, t * W, vload(ys, t * W) * zv * vsigmoid(zv))
-            _store_block(ys, out[b], d0, nw, t0, sl, tm)
+            _store_block(ys, out[b], d0, nw, t0, sl, layout)
         if last_state.shape[0] > 0:
             for w in range(nw):
                 for n in range(d_state):
@@ -234,14 +245,15 @@ def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, tm, out, last_sta
 
 
 @numba.njit(**_JIT)
-def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, tm, ckpt, dout, dlast,
+def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, layout, ckpt, dout, dlast,
                      du, ddelta, dz, dA, dB_part, dC_part, dD, dbias, n_chunks, work):  # fmt: skip
     """Gradients of every input; dB_part, dC_part: (n_chunks, batch, groups, d_state, length).
-    dout, du, ddelta and dz are laid out as u (token-major with ``tm``).
+    dout, du, ddelta and dz are laid out as u (``layout``).
 
     dlast has a zero first dimension when the last state gets no gradient; dz and dbias when
     z and bias are absent. The B/C gradients end up summed in dB_part[0], dC_part[0].
     """
+    tm = layout != CHANNEL_FIRST
     batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
     d_state = A.shape[1]
     groups = Bm.shape[1]
@@ -333,12 +345,12 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, tm, ckpt, dout, 
                 js = j * 4 * W
                 dv = vload(small, js)
                 bv = vload(small, js + W)
-                _load_block(u[b], d0, nw, t0, sl, xs, tm)
-                _load_block(delta[b], d0, nw, t0, sl, ds, tm)
+                _load_block(u[b], d0, nw, t0, sl, xs, layout)
+                _load_block(delta[b], d0, nw, t0, sl, ds, layout)
                 _prepare_dt(ds, dsg, sl, bv, softplus, True)
-                _load_block(dout[b], d0, nw, t0, sl, gs, tm)
+                _load_block(dout[b], d0, nw, t0, sl, gs, layout)
                 if has_z:  # gradient of the pre-gate output: dout silu(z); keep sigmoid(z) in dus
-                    _load_block(z[b], d0, nw, t0, sl, zs, tm)
+                    _load_block(z[b], d0, nw, t0, sl, zs, layout)
                     for t in range(sl):
                         zv = vload(zs, t * W)
                         sig = vsigmoid(zv)
@@ -375,7 +387,7 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, tm, ckpt, dout, 
                         sig = vload(dus, o)
                         dsilu = sig * (vload(zs, o) * (1.0 - sig) + 1.0)
                         vstore(ys, o, vload(gs, o) * vload(ys, o) * dsilu)
-                    _store_block(ys, dz[b], d0, nw, t0, sl, tm)
+                    _store_block(ys, dz[b], d0, nw, t0, sl, layout)
                 # Adjoint recurrence, right to left; dh holds dLoss/dh_t.
                 dDv = vload(small, js + 2 * W)
                 for t in range(sl - 1, -1, -1):
@@ -408,8 +420,8 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, tm, ckpt, dout, 
                 for t in range(sl):
                     dbv = dbv + vload(ddts, t * W)
                 vstore(small, js + 3 * W, dbv)
-                _store_block(dus, du[b], d0, nw, t0, sl, tm)
-                _store_block(ddts, ddelta[b], d0, nw, t0, sl, tm)
+                _store_block(dus, du[b], d0, nw, t0, sl, layout)
+                _store_block(ddts, ddelta[b], d0, nw, t0, sl, layout)
             # Lane sums of the B/C gradients of the segment.
             for t in range(sl):
                 for n in range(d_state):
@@ -462,12 +474,13 @@ def _array(t: Tensor | None, like: Tensor, ndim: int) -> np.ndarray:
 class _FusedScan(torch.autograd.Function):
     """The whole op: softplus, scan and gate; B, C as (batch, groups, d_state, length).
 
-    u, delta, z: (batch, dim, length), or (batch, length, dim) with ``tm`` (token-major); the
-    output and the gradients of u, delta and z come in the same layout.
+    u, delta, z: (batch, dim, length), or (batch, length, dim) for the token-major ``layout``s;
+    the output and the gradients of u, delta and z come in the same layout.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, tm, want_last):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, layout, want_last):
+        tm = layout != CHANNEL_FIRST
         batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
         d_state = A.shape[1]
         out = torch.empty_like(u)
@@ -479,18 +492,18 @@ class _FusedScan(torch.autograd.Function):
             ckpt = u.new_empty(0, 0, 0, 0)
         run_kernel(
             _forward_kernel, u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
-            _array(delta_bias, u, 1), softplus, tm, out.numpy(), last.numpy(), ckpt.numpy(),
+            _array(delta_bias, u, 1), softplus, layout, out.numpy(), last.numpy(), ckpt.numpy(),
             _workspace(length, d_state, u.dtype, False),
         )  # fmt: skip
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
-        ctx.softplus, ctx.tm = softplus, tm
+        ctx.softplus, ctx.layout = softplus, layout
         ctx.set_materialize_grads(False)
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-        tm = ctx.tm
+        tm = ctx.layout != CHANNEL_FIRST
         batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
         groups = B.shape[1]
         dout = torch.zeros_like(u) if dout is None else dout.contiguous()
@@ -504,7 +517,7 @@ class _FusedScan(torch.autograd.Function):
         dC_part = C.new_empty(n_chunks, *C.shape)
         run_kernel(
             _backward_kernel, u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
-            _array(delta_bias, u, 1), ctx.softplus, tm, ckpt.numpy(), dout.numpy(), _array(dlast, u, 3),
+            _array(delta_bias, u, 1), ctx.softplus, ctx.layout, ckpt.numpy(), dout.numpy(), _array(dlast, u, 3),
             du.numpy(), ddelta.numpy(), _array(dz, u, 3), dA.numpy(), dB_part.numpy(), dC_part.numpy(),
             dD.numpy(), _array(dbias, u, 1), n_chunks, _workspace(length, A.shape[1], u.dtype, True),
         )  # fmt: skip
@@ -523,6 +536,7 @@ def selective_scan_cpu_fused(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    reverse: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Fused CPU selective scan; same signature, shapes and semantics as the reference.
 
@@ -530,11 +544,19 @@ def selective_scan_cpu_fused(
     the output cast back. The last state is differentiable too. When u lies token-major in
     memory (a (batch, length, d_inner) tensor seen through ``transpose(1, 2)``, as the mixers
     produce it), the kernels read u, delta and z and write the output in that layout, so no
-    transposed copies are made (delta and z are copied into it if they lie otherwise).
+    transposed copies are made (delta and z are copied into it if they lie otherwise), and
+    ``reverse`` reads and writes their rows from the end instead of flipping them (only the small
+    B and C are flipped). Channel-first inputs are flipped for ``reverse``.
     """
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, length = u.shape
     tm = length > 1 and dim > 1 and u.stride(1) == 1  # token-major memory
+    if reverse and not tm:
+        u, delta, B, C = u.flip(-1), delta.flip(-1), B.flip(-1), C.flip(-1)
+        z = z.flip(-1) if z is not None else None
+    elif reverse:
+        B, C = B.flip(-1), C.flip(-1)  # (batch, [groups,] d_state, length): scan order, as the kernels read them
+    layout = (TOKEN_MAJOR_REVERSED if reverse else TOKEN_MAJOR) if tm else CHANNEL_FIRST
 
     def prep(t: Tensor | None) -> Tensor | None:
         return t.to(compute).contiguous() if t is not None else None
@@ -546,8 +568,8 @@ def selective_scan_cpu_fused(
     C = C.unsqueeze(1) if C.dim() == 3 else C
     D = prep(D) if D is not None else u.new_zeros(u.shape[1], dtype=compute)
     out, last = _FusedScan.apply(seq(u), seq(delta), prep(A), prep(B), prep(C), D, seq(z), prep(delta_bias),
-                                 bool(delta_softplus), tm, return_last_state)  # fmt: skip
-    out = (out.transpose(1, 2) if tm else out).to(u.dtype)
+                                 bool(delta_softplus), layout, return_last_state)  # fmt: skip
+    out = (out.transpose(1, 2) if tm else out.flip(-1) if reverse else out).to(u.dtype)
     return (out, last) if return_last_state else out
 
 
