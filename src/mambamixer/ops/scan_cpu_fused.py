@@ -146,6 +146,15 @@ def _load_vec(src, d0, nw, dst, o):
 
 
 @numba.njit(**_SERIAL)
+def _load_row(src, d0, nw, dst, o):
+    """``_load_vec`` for a contiguous src: one vector load when the block is whole."""
+    if nw == W:
+        vstore(dst, o, vload(src, d0))
+    else:
+        _load_vec(src, d0, nw, dst, o)
+
+
+@numba.njit(**_SERIAL)
 def _prepare_dt(ds, dsg, sl, bias, softplus, grad):
     """ds <- softplus(ds + bias) (or ds + bias); dsg <- its derivative when softplus and grad."""
     for t in range(sl):
@@ -162,18 +171,19 @@ def _prepare_dt(ds, dsg, sl, bias, softplus, grad):
 
 
 @numba.njit(**_JIT)
-def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, layout, out, last_state, ckpt, work):
+def _forward_kernel(u, delta, At, Bm, Cm, D, z, bias, softplus, layout, out, last_state, ckpt, work):
     """out = (C . h + D u) * silu(z) for every (batch, channel), h the scanned states.
 
     u, delta, z, out: (batch, dim, length), or (batch, length, dim) token-major (``layout``:
-    ``_load_block``); Bm, Cm: (batch, groups, d_state, length), in scan order; z and bias have a
-    zero first dimension when absent, last_state when it is not wanted. ckpt: (batch, groups *
-    blocks per group, segments, d_state * W) receives the states at the segment starts (for the
-    backward pass), unless it has a zero first dimension. work: scratch, see ``_workspace``.
+    ``_load_block``); At: A transposed, (d_state, dim); Bm, Cm: (batch, groups, d_state, length),
+    in scan order; z and bias have a zero first dimension when absent, last_state when it is not
+    wanted. ckpt: (batch, groups * blocks per group, segments, d_state * W) receives the states at
+    the segment starts (for the backward pass), unless it has a zero first dimension. work:
+    scratch, see ``_workspace``.
     """
     tm = layout != CHANNEL_FIRST
     batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
-    d_state = A.shape[1]
+    d_state = At.shape[0]
     groups = Bm.shape[1]
     per_group = dim // groups
     nbg = (per_group + W - 1) // W
@@ -202,11 +212,11 @@ def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, layout, out, last
             vstore(h, i, zero)
         vstore(small, W, zero)
         for n in range(d_state):
-            _load_vec(A[:, n], d0, nw, a, n * W)
+            _load_row(At[n], d0, nw, a, n * W)
             vstore(a, n * W, vload(a, n * W) * LOG2E)  # exp(dt A) = 2 ** (dt A log2(e))
-        _load_vec(D, d0, nw, small, 0)
+        _load_row(D, d0, nw, small, 0)
         if bias.shape[0] > 0:
-            _load_vec(bias, d0, nw, small, W)
+            _load_row(bias, d0, nw, small, W)
         dv = vload(small, 0)
         bv = vload(small, W)
         Bf = Bm[b, g]
@@ -245,7 +255,7 @@ def _forward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, layout, out, last
 
 
 @numba.njit(**_JIT)
-def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, layout, ckpt, dout, dlast,
+def _backward_kernel(u, delta, At, Bm, Cm, D, z, bias, softplus, layout, ckpt, dout, dlast,
                      du, ddelta, dz, dA, dB_part, dC_part, dD, dbias, n_chunks, work):  # fmt: skip
     """Gradients of every input; dB_part, dC_part: (n_chunks, batch, groups, d_state, length).
     dout, du, ddelta and dz are laid out as u (``layout``).
@@ -255,7 +265,7 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, layout, ckpt, do
     """
     tm = layout != CHANNEL_FIRST
     batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
-    d_state = A.shape[1]
+    d_state = At.shape[0]
     groups = Bm.shape[1]
     per_group = dim // groups
     nbg = (per_group + W - 1) // W
@@ -317,16 +327,16 @@ def _backward_kernel(u, delta, A, Bm, Cm, D, z, bias, softplus, layout, ckpt, do
             d0 = g * per_group + (k_lo + j) * W
             nw = min(W, (g + 1) * per_group - d0)
             for n in range(d_state):
-                _load_vec(A[:, n], d0, nw, a_blk, j * NW + n * W)
+                _load_row(At[n], d0, nw, a_blk, j * NW + n * W)
                 vstore(a_blk, j * NW + n * W, vload(a_blk, j * NW + n * W) * LOG2E)
                 if dlast.shape[0] > 0:
                     _load_vec(dlast[b, :, n], d0, nw, dh, j * NW + n * W)
                 else:
                     vstore(dh, j * NW + n * W, zero)
                 vstore(dA_acc, j * NW + n * W, zero)
-            _load_vec(D, d0, nw, small, j * 4 * W)
+            _load_row(D, d0, nw, small, j * 4 * W)
             if has_bias:
-                _load_vec(bias, d0, nw, small, j * 4 * W + W)
+                _load_row(bias, d0, nw, small, j * 4 * W + W)
             else:
                 vstore(small, j * 4 * W + W, zero)
             vstore(small, j * 4 * W + 2 * W, zero)
@@ -491,7 +501,8 @@ class _FusedScan(torch.autograd.Function):
         else:
             ckpt = u.new_empty(0, 0, 0, 0)
         run_kernel(
-            _forward_kernel, u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
+            _forward_kernel, u.numpy(), delta.numpy(), A.t().contiguous().numpy(), B.numpy(), C.numpy(), D.numpy(),
+            _array(z, u, 3),
             _array(delta_bias, u, 1), softplus, layout, out.numpy(), last.numpy(), ckpt.numpy(),
             _workspace(length, d_state, u.dtype, False),
         )  # fmt: skip
@@ -516,7 +527,8 @@ class _FusedScan(torch.autograd.Function):
         dB_part = B.new_empty(n_chunks, *B.shape)
         dC_part = C.new_empty(n_chunks, *C.shape)
         run_kernel(
-            _backward_kernel, u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
+            _backward_kernel, u.numpy(), delta.numpy(), A.t().contiguous().numpy(), B.numpy(), C.numpy(), D.numpy(),
+            _array(z, u, 3),
             _array(delta_bias, u, 1), ctx.softplus, ctx.layout, ckpt.numpy(), dout.numpy(), _array(dlast, u, 3),
             du.numpy(), ddelta.numpy(), _array(dz, u, 3), dA.numpy(), dB_part.numpy(), dC_part.numpy(),
             dD.numpy(), _array(dbias, u, 1), n_chunks, _workspace(length, A.shape[1], u.dtype, True),
