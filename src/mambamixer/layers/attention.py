@@ -23,25 +23,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class TokenBatchNorm(nn.Module):
-    """BatchNorm1d over d_model with statistics over batch and tokens: (batch, tokens, d_model)."""
-
-    def __init__(self, d_model: int) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm1d(d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.transpose(1, 2)).transpose(1, 2)
-
-
-def make_token_norm(kind: str, d_model: int) -> nn.Module:
-    """``"layer"`` -> LayerNorm, ``"batch"`` -> BatchNorm over batch and tokens; (batch, tokens, d_model)."""
-    if kind == "layer":
-        return nn.LayerNorm(d_model)
-    if kind == "batch":
-        return TokenBatchNorm(d_model)
-    raise ValueError(f"norm must be 'layer' or 'batch', got {kind!r}")
+from mambamixer.layers.normalization import make_token_norm
 
 
 class MultiheadSelfAttention(nn.Module):

@@ -1,4 +1,6 @@
-"""Reversible instance normalisation (RevIN, Kim et al., ICLR 2022).
+"""Normalisation layers: reversible instance normalisation (RevIN) and the token norms of the blocks.
+
+RevIN (Kim et al., ICLR 2022):
 
 Each series in a batch is standardised with its own mean and standard deviation over time before
 the model sees it, and the model's output is mapped back with the same statistics. The layer is
@@ -59,3 +61,26 @@ class RevIN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.n_vars}, affine={self.affine}, eps={self.eps}"
+
+
+class TokenBatchNorm(nn.Module):
+    """BatchNorm over the last axis (d_model), statistics over every other axis: (..., d_model).
+
+    PatchTST's norm (its encoder's BatchNorm1d over batch and tokens), for any leading shape.
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
+def make_token_norm(kind: str, d_model: int) -> nn.Module:
+    """``"layer"`` -> LayerNorm, ``"batch"`` -> ``TokenBatchNorm``; both map (..., d_model) to itself."""
+    if kind == "layer":
+        return nn.LayerNorm(d_model)
+    if kind == "batch":
+        return TokenBatchNorm(d_model)
+    raise ValueError(f"norm must be 'layer' or 'batch', got {kind!r}")

@@ -27,7 +27,7 @@ from mambamixer.data.calendar import mark_names_for
 from mambamixer.layers.calendar_profile import CalendarProfile
 from mambamixer.layers.channel_mixer import ChannelMixer
 from mambamixer.layers.mamba_mixer import MambaMixer
-from mambamixer.layers.normalization import RevIN
+from mambamixer.layers.normalization import RevIN, make_token_norm
 from mambamixer.layers.patching import n_patches, patchify
 from mambamixer.layers.token_mixer import TokenMixer
 from mambamixer.models.contract import check_series
@@ -53,6 +53,7 @@ class TSM2Config:
     channel_mixer: bool = True  # False: channel-independent ablation (token mixers only)
     weighted_average: bool = True  # False: plain residual stack (ablation)
     dropout: float = 0.2  # on every mixer's output and on the embedded tokens
+    norm: str = "layer"  # the mixers' pre-norm: "layer" (LayerNorm) or "batch" (PatchTST's BatchNorm over d_model)
     head_dropout: float = 0.0
     # "flatten": PatchTST's head, Linear(n_patches * d_model -> horizon) on the flattened tokens;
     # "time": each patch token -> its `stride` time steps (Linear d_model -> stride), then one
@@ -104,6 +105,7 @@ class TSM2(PretrainedMixin, nn.Module):
             channel_mixer=channel_mixer if c.channel_mixer else None,
             dropout=c.dropout,
             weighted_average=c.weighted_average,
+            norm=lambda d: make_token_norm(c.norm, d),
         )
         self.norm = nn.LayerNorm(c.d_model)
         if c.head == "flatten":
