@@ -20,7 +20,8 @@ def small(**kw) -> TSM2:
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_marks": 4}, {"channel_mixer": False}, {"weighted_average": False},
-                                {"patch_len": 1, "stride": 1}, {"n_static": 3}, {"head": "time"}])  # fmt: skip
+                                {"patch_len": 1, "stride": 1}, {"n_static": 3}, {"head": "time"},
+                                {"norm": "batch"}])  # fmt: skip
 def test_shapes(kw):
     model = small(**kw)
     x = torch.randn(3, 48, 5)
@@ -37,6 +38,17 @@ def test_time_head_is_a_linear_map_from_lookback_to_horizon():
     assert head_params(timed) == d_model * stride + stride + n_tokens * stride * 24 + 24
     with pytest.raises(ValueError, match="head"):
         small(head="conv")
+
+
+def test_batch_norm_option_normalises_over_every_token_of_the_batch():
+    model = small(norm="batch")
+    norm = model.mixer.norms[0]
+    x = torch.randn(3, 5, model.config.n_patches, 16) * 4 + 2  # (batch, variates, patches, d_model)
+    y = norm.train()(x)
+    torch.testing.assert_close(y.mean(dim=(0, 1, 2)), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(dim=(0, 1, 2), unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="norm must be"):
+        small(norm="group")
 
 
 def test_lookback_512_configuration():
