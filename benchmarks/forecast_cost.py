@@ -3,6 +3,7 @@
     python benchmarks/forecast_cost.py                          # lookback 96, horizon 96, ETTh1's shapes
     python benchmarks/forecast_cost.py --seq-len 512 --models tsm2_512 patchtst
     python benchmarks/forecast_cost.py --models tsm2 tsm2:channel_mixer=false patchtst   # with overrides
+    python benchmarks/forecast_cost.py --models tsm2 tsm2:batch_size=128 patchtst         # another batch size
 
 Each model gets its default recipe's batch size and optimiser; one training step (forward,
 backward, optimiser step) on random data of ETTh1's shape is timed in interleaved rounds, so a
@@ -28,15 +29,15 @@ ETTH1_TRAIN_ROWS = 8640  # first 12 months, hourly
 
 def make_step(spec: str, seq_len: int, horizon: int, n_vars: int):
     """A closure running one training step of ``spec`` ("name" or "name:key=value,..."), its batch size
-    and parameter count."""
+    and parameter count. The keys are model config fields, and ``batch_size`` (default: the recipe's)."""
     name, _, rest = spec.partition(":")
     overrides = dict((k, parse_value(v)) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv))
     hp = training_defaults(name.removesuffix("_512"))
+    batch = overrides.pop("batch_size", hp["batch_size"])
     model = create_model(name, seq_len=seq_len, horizon=horizon, n_vars=n_vars, **overrides)
     model.train()
     optimizer = build_optimizer(model, TrainConfig(lr=hp["lr"], optimizer=hp["optimizer"],
                                                    weight_decay=hp["weight_decay"]))  # fmt: skip
-    batch = hp["batch_size"]
     x, y = torch.randn(batch, seq_len, n_vars), torch.randn(batch, horizon, n_vars)
 
     def step() -> None:
