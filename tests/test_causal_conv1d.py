@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from mambamixer.ops.causal_conv1d import causal_conv1d, causal_conv1d_ref
 
-# (batch, d, length, kernel): lengths shorter than, equal to and longer than the kernel
+# (batch, d, length, kernel): lengths shorter than, equal to and longer than the kernel; d a multiple
+# of 16 (SIMD vectors) or not (the scalar loop)
 CASES = [(2, 6, 1, 4), (3, 5, 4, 4), (2, 64, 7, 4), (1, 16, 33, 3), (2, 3, 9, 1)]
 
 
@@ -55,8 +56,9 @@ def test_fused_matches_reference_values_and_gradients(case, token_major, reverse
 
 @pytest.mark.parametrize("token_major", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_fused_gradcheck_float64(token_major, reverse):
-    x, w, b = _inputs(2, 5, 6, 4, dtype=torch.float64)
+@pytest.mark.parametrize("d", [5, 16])  # the scalar loop, and SIMD vectors of 16 channels
+def test_fused_gradcheck_float64(token_major, reverse, d):
+    x, w, b = _inputs(2, d, 6, 4, dtype=torch.float64)
     if token_major:
         x = x.detach().transpose(1, 2).contiguous().requires_grad_()
     time_dim = 1 if token_major else -1

@@ -9,9 +9,9 @@ backward another (the pre-activation recomputed row by row, then the gradients o
 the weight and the bias accumulated together). ``reverse`` runs the conv right to left (output t
 sees inputs >= t), reading and writing rows from the end instead of flipping copies.
 
-Layout: the kernels see x as (batch, length, d) and loop over d innermost, where token-major
-tensors are contiguous and LLVM vectorises the rows; channel-first inputs (batch, d, length)
-are passed as transposed views (correct, slower). Work items are chunks of the batch; the
+Layout: the kernels see x as contiguous (batch, length, d) rows and, when d is a multiple of
+16, work on SIMD vectors of 16 channels (``numba_math``), a scalar loop otherwise; channel-first
+inputs (batch, d, length) are transposed into that layout and back. Work items are chunks of the batch; the
 backward sums the weight and bias gradients per chunk, then over chunks.
 """
 
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mambamixer.ops.numba_math import fast_exp, run_kernel
+from mambamixer.ops.numba_math import LANES as W
+from mambamixer.ops.numba_math import fast_exp, run_kernel, vload, vsigmoid, vstore
 
 ONE = np.float32(1.0)  # keeps float32 arithmetic in float32 (float64 inputs promote it)
 
@@ -31,21 +32,31 @@ _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
 
 @numba.njit(**_JIT)
 def _forward_kernel(x, w, bias, silu, reverse, out):
-    """x (batch, length, d), w (kernel, d), bias (d,) -> out (batch, length, d)."""
+    """x (batch, length, d), w (kernel, d), bias (d,) -> out (batch, length, d), all contiguous."""
     batch, length, d = x.shape
     kernel = w.shape[0]
+    vectors = d % W == 0
     for b in numba.prange(batch):
         for t in range(length):  # step t of the conv's direction
             row = out[b, length - 1 - t] if reverse else out[b, t]
+            if vectors:
+                for c0 in range(0, d, W):
+                    acc = vload(bias, c0)
+                    for j in range(kernel):
+                        s = t - (kernel - 1) + j
+                        if s >= 0:
+                            src = x[b, length - 1 - s] if reverse else x[b, s]
+                            acc = acc + vload(w[j], c0) * vload(src, c0)
+                    vstore(row, c0, acc * vsigmoid(acc) if silu else acc)
+                continue
             for c in range(d):
                 row[c] = bias[c]
             for j in range(kernel):
                 s = t - (kernel - 1) + j
-                if s < 0:
-                    continue
-                src = x[b, length - 1 - s] if reverse else x[b, s]
-                for c in range(d):
-                    row[c] += w[j, c] * src[c]
+                if s >= 0:
+                    src = x[b, length - 1 - s] if reverse else x[b, s]
+                    for c in range(d):
+                        row[c] += w[j, c] * src[c]
             if silu:
                 for c in range(d):
                     row[c] = row[c] / (ONE + fast_exp(-row[c]))
@@ -59,6 +70,7 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
     kernel = w.shape[0]
     chunks = dw_part.shape[0]
     per = -(-batch // chunks)
+    vectors = d % W == 0
     for chunk in numba.prange(chunks):
         g = np.empty(d, dtype=x.dtype)
         dw, db = dw_part[chunk], db_part[chunk]
@@ -67,16 +79,36 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
         for b in range(chunk * per, min(batch, (chunk + 1) * per)):
             for t in range(length):
                 grow = dout[b, length - 1 - t] if reverse else dout[b, t]
-                if silu:  # recompute the pre-activation a, then g = dout * silu'(a)
+                if vectors:
+                    for c0 in range(0, d, W):
+                        gv = vload(grow, c0)
+                        if silu:  # recompute the pre-activation a: g = dout * silu'(a)
+                            a = vload(bias, c0)
+                            for j in range(kernel):
+                                s = t - (kernel - 1) + j
+                                if s >= 0:
+                                    src = x[b, length - 1 - s] if reverse else x[b, s]
+                                    a = a + vload(w[j], c0) * vload(src, c0)
+                            sig = vsigmoid(a)
+                            gv = gv * sig * (a * (1.0 - sig) + 1.0)
+                        vstore(db, c0, vload(db, c0) + gv)
+                        for j in range(kernel):
+                            s = t - (kernel - 1) + j
+                            if s >= 0:
+                                pos = length - 1 - s if reverse else s
+                                src, dsrc, dwj = x[b, pos], dx[b, pos], dw[j]
+                                vstore(dsrc, c0, vload(dsrc, c0) + vload(w[j], c0) * gv)
+                                vstore(dwj, c0, vload(dwj, c0) + gv * vload(src, c0))
+                    continue
+                if silu:
                     for c in range(d):
                         g[c] = bias[c]
                     for j in range(kernel):
                         s = t - (kernel - 1) + j
-                        if s < 0:
-                            continue
-                        src = x[b, length - 1 - s] if reverse else x[b, s]
-                        for c in range(d):
-                            g[c] += w[j, c] * src[c]
+                        if s >= 0:
+                            src = x[b, length - 1 - s] if reverse else x[b, s]
+                            for c in range(d):
+                                g[c] += w[j, c] * src[c]
                     for c in range(d):
                         sig = ONE / (ONE + fast_exp(-g[c]))
                         g[c] = grow[c] * sig * (ONE + g[c] * (ONE - sig))
@@ -87,18 +119,12 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
                     db[c] += g[c]
                 for j in range(kernel):
                     s = t - (kernel - 1) + j
-                    if s < 0:
-                        continue
-                    pos = length - 1 - s if reverse else s
-                    src, dsrc, dwj = x[b, pos], dx[b, pos], dw[j]
-                    for c in range(d):
-                        dsrc[c] += w[j, c] * g[c]
-                        dwj[c] += g[c] * src[c]
-
-
-def _time_major(t: Tensor, token_major: bool) -> np.ndarray:
-    """t as a (batch, length, d) numpy array: itself when token-major, else a transposed view."""
-    return t.numpy() if token_major else t.numpy().transpose(0, 2, 1)
+                    if s >= 0:
+                        pos = length - 1 - s if reverse else s
+                        src, dsrc, dwj = x[b, pos], dx[b, pos], dw[j]
+                        for c in range(d):
+                            dsrc[c] += w[j, c] * g[c]
+                            dwj[c] += g[c] * src[c]
 
 
 def _n_chunks(batch: int) -> int:
@@ -107,29 +133,28 @@ def _n_chunks(batch: int) -> int:
 
 
 class _FusedConv(torch.autograd.Function):
+    """x, the output and their gradients: contiguous (batch, length, d)."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, silu, token_major, reverse):
-        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    def forward(ctx, x, weight, bias, silu, reverse):
+        out = torch.empty_like(x)
         w = weight.t().contiguous()  # (kernel, d): tap j's row over the channels
-        run_kernel(_forward_kernel, _time_major(x, token_major), w.numpy(), bias.numpy(), silu, reverse,
-                   _time_major(out, token_major))  # fmt: skip
+        run_kernel(_forward_kernel, x.numpy(), w.numpy(), bias.numpy(), silu, reverse, out.numpy())
         ctx.save_for_backward(x, w, bias)
-        ctx.flags = (silu, token_major, reverse)
+        ctx.flags = (silu, reverse)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x, w, bias = ctx.saved_tensors
-        silu, token_major, reverse = ctx.flags
-        dout = dout.contiguous()
-        dx = torch.zeros_like(x, memory_format=torch.contiguous_format)
+        silu, reverse = ctx.flags
+        dx = torch.zeros_like(x)
         chunks = _n_chunks(x.shape[0])
         dw_part = w.new_empty(chunks, *w.shape)
         db_part = w.new_empty(chunks, w.shape[1])
-        run_kernel(_backward_kernel, _time_major(x, token_major), w.numpy(), bias.numpy(), silu, reverse,
-                   _time_major(dout, token_major), _time_major(dx, token_major), dw_part.numpy(),
-                   db_part.numpy())  # fmt: skip
-        return dx, dw_part.sum(0).t(), db_part.sum(0), None, None, None
+        run_kernel(_backward_kernel, x.numpy(), w.numpy(), bias.numpy(), silu, reverse, dout.contiguous().numpy(),
+                   dx.numpy(), dw_part.numpy(), db_part.numpy())  # fmt: skip
+        return dx, dw_part.sum(0).t(), db_part.sum(0), None, None
 
 
 @torch.compiler.disable  # numba kernels cannot be traced: torch.compile runs around this op
@@ -144,5 +169,6 @@ def causal_conv1d_cpu_fused(
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     d = weight.shape[0]
     bias = bias.to(compute) if bias is not None else x.new_zeros(d, dtype=compute)
-    out = _FusedConv.apply(x.to(compute).contiguous(), weight.to(compute), bias, silu, token_major, reverse)
-    return out.to(x.dtype)
+    rows = x if token_major else x.transpose(1, 2)  # (batch, length, d)
+    out = _FusedConv.apply(rows.to(compute).contiguous(), weight.to(compute), bias, silu, reverse)
+    return (out if token_major else out.transpose(1, 2)).to(x.dtype)
