@@ -88,6 +88,17 @@ def test_fused_keeps_the_dtype_of_bfloat16_inputs():
                                rtol=2e-2, atol=2e-2)  # fmt: skip
 
 
+def test_fused_takes_strided_or_expanded_bias_and_promotes_dtypes_as_the_reference():
+    x, w, _ = _inputs(2, 16, 9, 4)
+    for bias in (torch.randn(32)[::2], torch.full((1,), 0.3).expand(16)):
+        torch.testing.assert_close(causal_conv1d(x, w, bias, "silu", backend="cpu_fused"),
+                                   causal_conv1d_ref(x, w, bias, "silu"))  # fmt: skip
+    fused = causal_conv1d(x, w.double(), None, backend="cpu_fused")
+    reference = causal_conv1d_ref(x, w.double(), None)
+    assert fused.dtype == reference.dtype == torch.float64
+    torch.testing.assert_close(fused, reference)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -80,7 +80,8 @@ def test_backend_matches_reference_float32(backend, case, reverse):
 
 def _token_major(inputs, strided_z=False):
     """The same numbers with u, delta and z lying token-major in memory ((batch, length, d) transposed),
-    z optionally a strided view (every other row of a wider tensor, as the mixers' chunked projection)."""
+    z optionally a strided view (the first half of the columns of a wider tensor, as the mixers' chunked
+    projection)."""
     out = dict(inputs)
     for name in ("u", "delta", "z"):
         if inputs[name] is None:
@@ -112,6 +113,23 @@ def test_fused_scan_reads_token_major_inputs_in_place(case, reverse):
     pairs = zip(names, _grads(out, last, tm), _grads(ref_out, ref_last, inputs), strict=True)
     for name, got, want in pairs:
         torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_scan_with_token_major_u_and_channel_first_delta(reverse):
+    """Mixed layouts (a non-selective S6 gives token-major u with channel-first delta): delta is copied
+    into u's layout; without the last state asked for, the output alone matches the reference."""
+    inputs = make_inputs(2, 32, 12, 4, groups=2)
+    tm = _token_major(inputs)
+    tm["delta"] = inputs["delta"]
+    want = selective_scan(**inputs, delta_softplus=True, reverse=reverse, backend="reference")
+    got = selective_scan(**tm, delta_softplus=True, reverse=reverse, backend="cpu_fused")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    names = [k for k in GRAD_NAMES if inputs[k] is not None]
+    gout = torch.randn(want.shape, generator=torch.Generator().manual_seed(1))
+    grads = [torch.autograd.grad((out * gout).sum(), [d[k] for k in names]) for out, d in ((got, tm), (want, inputs))]
+    for name, a, b in zip(names, *grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-4, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -1,4 +1,5 @@
-"""Functional ops (no nn.Module): the selective scan and its backends."""
+"""Functional ops (no nn.Module): the selective scan and its backends; the short causal conv is
+``mambamixer.ops.causal_conv1d``."""
 
 import os
 

@@ -11,8 +11,9 @@ sees inputs >= t), reading and writing rows from the end instead of flipping cop
 
 Layout: the kernels see x as contiguous (batch, length, d) rows and, when d is a multiple of
 16, work on SIMD vectors of 16 channels (``numba_math``), a scalar loop otherwise; channel-first
-inputs (batch, d, length) are transposed into that layout and back. Work items are chunks of the batch; the
-backward sums the weight and bias gradients per chunk, then over chunks.
+inputs (batch, d, length) are transposed into that layout and back. The forward's work items are
+the sequences; the backward's are chunks of the batch, whose weight and bias gradients are summed
+per chunk, then over the chunks.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from mambamixer.ops.numba_math import fast_exp, run_kernel, vload, vsigmoid, vst
 ONE = np.float32(1.0)  # keeps float32 arithmetic in float32 (float64 inputs promote it)
 
 _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
+_SERIAL = dict(fastmath=True, cache=True, nogil=True)
+
+
+@numba.njit(**_SERIAL)
+def _row(seq, t, reverse):
+    """Row of step t of the conv's direction in seq (length, d): from the end when ``reverse``."""
+    return seq[seq.shape[0] - 1 - t] if reverse else seq[t]
 
 
 @numba.njit(**_JIT)
@@ -38,14 +46,14 @@ def _forward_kernel(x, w, bias, silu, reverse, out):
     vectors = d % W == 0
     for b in numba.prange(batch):
         for t in range(length):  # step t of the conv's direction
-            row = out[b, length - 1 - t] if reverse else out[b, t]
+            row = _row(out[b], t, reverse)
             if vectors:
                 for c0 in range(0, d, W):
                     acc = vload(bias, c0)
                     for j in range(kernel):
                         s = t - (kernel - 1) + j
                         if s >= 0:
-                            src = x[b, length - 1 - s] if reverse else x[b, s]
+                            src = _row(x[b], s, reverse)
                             acc = acc + vload(w[j], c0) * vload(src, c0)
                     vstore(row, c0, acc * vsigmoid(acc) if silu else acc)
                 continue
@@ -54,7 +62,7 @@ def _forward_kernel(x, w, bias, silu, reverse, out):
             for j in range(kernel):
                 s = t - (kernel - 1) + j
                 if s >= 0:
-                    src = x[b, length - 1 - s] if reverse else x[b, s]
+                    src = _row(x[b], s, reverse)
                     for c in range(d):
                         row[c] += w[j, c] * src[c]
             if silu:
@@ -78,7 +86,7 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
         db[:] = 0
         for b in range(chunk * per, min(batch, (chunk + 1) * per)):
             for t in range(length):
-                grow = dout[b, length - 1 - t] if reverse else dout[b, t]
+                grow = _row(dout[b], t, reverse)
                 if vectors:
                     for c0 in range(0, d, W):
                         gv = vload(grow, c0)
@@ -87,7 +95,7 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
                             for j in range(kernel):
                                 s = t - (kernel - 1) + j
                                 if s >= 0:
-                                    src = x[b, length - 1 - s] if reverse else x[b, s]
+                                    src = _row(x[b], s, reverse)
                                     a = a + vload(w[j], c0) * vload(src, c0)
                             sig = vsigmoid(a)
                             gv = gv * sig * (a * (1.0 - sig) + 1.0)
@@ -106,7 +114,7 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
                     for j in range(kernel):
                         s = t - (kernel - 1) + j
                         if s >= 0:
-                            src = x[b, length - 1 - s] if reverse else x[b, s]
+                            src = _row(x[b], s, reverse)
                             for c in range(d):
                                 g[c] += w[j, c] * src[c]
                     for c in range(d):
@@ -127,7 +135,7 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
                             dwj[c] += g[c] * src[c]
 
 
-def _n_chunks(batch: int) -> int:
+def _backward_chunks(batch: int) -> int:
     """Work items of the backward: about 4 per thread (load balance), at most one per sequence."""
     return max(1, min(batch, 4 * numba.get_num_threads()))
 
@@ -149,7 +157,7 @@ class _FusedConv(torch.autograd.Function):
         x, w, bias = ctx.saved_tensors
         silu, reverse = ctx.flags
         dx = torch.zeros_like(x)
-        chunks = _n_chunks(x.shape[0])
+        chunks = _backward_chunks(x.shape[0])
         dw_part = w.new_empty(chunks, *w.shape)
         db_part = w.new_empty(chunks, w.shape[1])
         run_kernel(_backward_kernel, x.numpy(), w.numpy(), bias.numpy(), silu, reverse, dout.contiguous().numpy(),
@@ -163,12 +171,14 @@ def causal_conv1d_cpu_fused(
 ) -> Tensor:
     """The fused conv: x (batch, length, d) if ``token_major`` else (batch, d, length), weight (d, kernel).
 
-    Computes in float32 (float64 for float64 inputs); other dtypes are upcast and the output cast
-    back. A missing bias is a zero bias without a gradient.
+    Computes in float32 (float64 when any input is float64); the output has the dtype PyTorch's
+    promotion gives x, weight and bias (as the reference's). A missing bias is a zero bias
+    without a gradient.
     """
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    d = weight.shape[0]
-    bias = bias.to(compute) if bias is not None else x.new_zeros(d, dtype=compute)
+    dtype = torch.promote_types(x.dtype, weight.dtype)  # the reference's result type
+    dtype = torch.promote_types(dtype, bias.dtype) if bias is not None else dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    bias = bias.to(compute).contiguous() if bias is not None else x.new_zeros(weight.shape[0], dtype=compute)
     rows = x if token_major else x.transpose(1, 2)  # (batch, length, d)
     out = _FusedConv.apply(rows.to(compute).contiguous(), weight.to(compute), bias, silu, reverse)
-    return (out if token_major else out.transpose(1, 2)).to(x.dtype)
+    return (out if token_major else out.transpose(1, 2)).to(dtype)

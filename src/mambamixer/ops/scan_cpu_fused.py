@@ -3,11 +3,13 @@
 Layout: channels are processed in blocks of ``W`` (= ``LANES``) neighbours of one B/C group,
 and every vector in the kernels holds one value per channel of a block, so the d_state loop
 is a loop over whole SIMD vectors and sums over d_state are plain vector adds. The block's
-slices of u, delta, z and the output gradient are transposed tile by tile into small
-(time, channel) scratch buffers, and the results transposed back the same way; a tile cut short
-by the end of the sequence (lengths that are not a multiple of 16, and sequences shorter than
-one tile, such as the vision models' channel mixers' 12 steps) moves with masked loads and
-stores, so only blocks narrower than 16 channels take the element-by-element path.
+slices of u, delta, z and the output gradient go into small (time, channel) scratch buffers,
+and the results come back the same way. Channel-first tensors (batch, dim, length) move tile by
+tile, transposed; a tile cut short by the end of the sequence (lengths that are not a multiple
+of 16, and sequences shorter than one tile, such as the vision models' channel mixers' 12
+steps) moves with masked loads and stores. Token-major tensors (batch, length, dim), the layout
+the mixers produce, move row by row (read from the end for a reversed scan: ``_load_block``).
+Only blocks narrower than 16 channels take the element-by-element path.
 
 Forward: one work item per (batch, block); the states of the block stay in a (d_state, W)
 buffer, so the (batch, d_inner, length, d_state) tensors of the reference never exist. When a
@@ -104,7 +106,7 @@ def _load_block(src, d0, nw, t0, sl, dst, layout):
                     dst[t * W + w] = row[d0 + w]
                 for w in range(nw, W):
                     dst[t * W + w] = 0.0
-    elif nw == W and src.strides[1] == src.itemsize:
+    elif nw == W:  # src: contiguous rows
         for tt in range(0, sl, W):
             tile_load_t(src, d0, t0 + tt, dst, tt * W, min(W, sl - tt))
     else:
@@ -550,7 +552,7 @@ def selective_scan_cpu_fused(
     return_last_state: bool = False,
     reverse: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Fused CPU selective scan; same signature, shapes and semantics as the reference.
+    """Fused CPU selective scan; the reference's signature, shapes and semantics, plus ``reverse``.
 
     Computes in float32 (float64 for float64 inputs); bfloat16/float16 inputs are upcast and
     the output cast back. The last state is differentiable too. When u lies token-major in
