@@ -102,10 +102,11 @@ def _mixer_by_flips(mixer, x):
 
 
 @pytest.mark.parametrize("out_norm", [False, True])  # the token-major path, and the channel-first one
-def test_bidirectional_mixer_matches_the_flipped_construction(out_norm):
+@pytest.mark.parametrize("expand", [2, 1.5])  # d_inner 32 (SIMD blocks of 16 channels) or 24 (a partial block)
+def test_bidirectional_mixer_matches_the_flipped_construction(out_norm, expand):
     """The reversed order's conv and scan run right to left without flipped copies: same values and gradients."""
     torch.manual_seed(0)
-    mixer = TokenMixer(16, bidirectional=True, d_state=4, expand=2, d_conv=4, out_norm=out_norm).mixer.double()
+    mixer = TokenMixer(16, bidirectional=True, d_state=4, expand=expand, d_conv=4, out_norm=out_norm).mixer.double()
     x = torch.randn(3, 9, 16, dtype=torch.float64, requires_grad=True)
     got, want = mixer(x), _mixer_by_flips(mixer, x)
     torch.testing.assert_close(got, want)

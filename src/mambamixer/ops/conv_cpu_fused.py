@@ -162,7 +162,9 @@ class _FusedConv(torch.autograd.Function):
         db_part = w.new_empty(chunks, w.shape[1])
         run_kernel(_backward_kernel, x.numpy(), w.numpy(), bias.numpy(), silu, reverse, dout.contiguous().numpy(),
                    dx.numpy(), dw_part.numpy(), db_part.numpy())  # fmt: skip
-        return dx, dw_part.sum(0).t(), db_part.sum(0), None, None
+        dw = dw_part.sum(0).t() if ctx.needs_input_grad[1] else None
+        db = db_part.sum(0) if ctx.needs_input_grad[2] else None
+        return dx if ctx.needs_input_grad[0] else None, dw, db, None, None
 
 
 @torch.compiler.disable  # numba kernels cannot be traced: torch.compile runs around this op

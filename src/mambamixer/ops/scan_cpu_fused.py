@@ -495,6 +495,7 @@ class _FusedScan(torch.autograd.Function):
         tm = layout != CHANNEL_FIRST
         batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
         d_state = A.shape[1]
+        At = A.t().contiguous()  # (d_state, dim): the kernels load A's rows for a block as vectors
         out = torch.empty_like(u)
         last = u.new_empty(batch, dim, d_state) if want_last else u.new_empty(0, 0, 0)
         if any(ctx.needs_input_grad):  # states at the segment starts, for the backward pass
@@ -503,19 +504,18 @@ class _FusedScan(torch.autograd.Function):
         else:
             ckpt = u.new_empty(0, 0, 0, 0)
         run_kernel(
-            _forward_kernel, u.numpy(), delta.numpy(), A.t().contiguous().numpy(), B.numpy(), C.numpy(), D.numpy(),
-            _array(z, u, 3),
+            _forward_kernel, u.numpy(), delta.numpy(), At.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
             _array(delta_bias, u, 1), softplus, layout, out.numpy(), last.numpy(), ckpt.numpy(),
             _workspace(length, d_state, u.dtype, False),
         )  # fmt: skip
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        ctx.save_for_backward(u, delta, At, B, C, D, z, delta_bias, ckpt)
         ctx.softplus, ctx.layout = softplus, layout
         ctx.set_materialize_grads(False)
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        u, delta, At, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
         tm = ctx.layout != CHANNEL_FIRST
         batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
         groups = B.shape[1]
@@ -525,15 +525,14 @@ class _FusedScan(torch.autograd.Function):
         du, ddelta = torch.empty_like(u), torch.empty_like(u)
         dz = torch.empty_like(z) if z is not None else None
         dbias = torch.empty_like(delta_bias) if delta_bias is not None else None
-        dA, dD = torch.empty_like(A), torch.empty_like(D)
+        dA, dD = At.new_empty(At.shape[1], At.shape[0]), torch.empty_like(D)
         dB_part = B.new_empty(n_chunks, *B.shape)
         dC_part = C.new_empty(n_chunks, *C.shape)
         run_kernel(
-            _backward_kernel, u.numpy(), delta.numpy(), A.t().contiguous().numpy(), B.numpy(), C.numpy(), D.numpy(),
-            _array(z, u, 3),
+            _backward_kernel, u.numpy(), delta.numpy(), At.numpy(), B.numpy(), C.numpy(), D.numpy(), _array(z, u, 3),
             _array(delta_bias, u, 1), ctx.softplus, ctx.layout, ckpt.numpy(), dout.numpy(), _array(dlast, u, 3),
             du.numpy(), ddelta.numpy(), _array(dz, u, 3), dA.numpy(), dB_part.numpy(), dC_part.numpy(),
-            dD.numpy(), _array(dbias, u, 1), n_chunks, _workspace(length, A.shape[1], u.dtype, True),
+            dD.numpy(), _array(dbias, u, 1), n_chunks, _workspace(length, At.shape[0], u.dtype, True),
         )  # fmt: skip
         return du, ddelta, dA, dB_part[0], dC_part[0], dD, dz, dbias, None, None, None
 
