@@ -38,33 +38,45 @@ def _row(seq, t, reverse):
     return seq[seq.shape[0] - 1 - t] if reverse else seq[t]
 
 
+@numba.njit(**_SERIAL)
+def _pre_activation(xb, w, bias, t, reverse, c0):
+    """Vector of the conv's output at step t, channels c0 .. c0 + W, before the activation; xb (length, d)."""
+    kernel = w.shape[0]
+    acc = vload(bias, c0)
+    for j in range(kernel):
+        s = t - (kernel - 1) + j
+        if s >= 0:
+            acc = acc + vload(w[j], c0) * vload(_row(xb, s, reverse), c0)
+    return acc
+
+
+@numba.njit(**_SERIAL)
+def _pre_activation_row(xb, w, bias, t, reverse, dst):
+    """dst (d,) = the conv's output at step t before the activation, channel by channel (any d)."""
+    kernel = w.shape[0]
+    dst[:] = bias
+    for j in range(kernel):
+        s = t - (kernel - 1) + j
+        if s >= 0:
+            src = _row(xb, s, reverse)
+            for c in range(dst.shape[0]):
+                dst[c] += w[j, c] * src[c]
+
+
 @numba.njit(**_JIT)
 def _forward_kernel(x, w, bias, silu, reverse, out):
     """x (batch, length, d), w (kernel, d), bias (d,) -> out (batch, length, d), all contiguous."""
     batch, length, d = x.shape
-    kernel = w.shape[0]
     vectors = d % W == 0
     for b in numba.prange(batch):
         for t in range(length):  # step t of the conv's direction
             row = _row(out[b], t, reverse)
             if vectors:
                 for c0 in range(0, d, W):
-                    acc = vload(bias, c0)
-                    for j in range(kernel):
-                        s = t - (kernel - 1) + j
-                        if s >= 0:
-                            src = _row(x[b], s, reverse)
-                            acc = acc + vload(w[j], c0) * vload(src, c0)
+                    acc = _pre_activation(x[b], w, bias, t, reverse, c0)
                     vstore(row, c0, acc * vsigmoid(acc) if silu else acc)
                 continue
-            for c in range(d):
-                row[c] = bias[c]
-            for j in range(kernel):
-                s = t - (kernel - 1) + j
-                if s >= 0:
-                    src = _row(x[b], s, reverse)
-                    for c in range(d):
-                        row[c] += w[j, c] * src[c]
+            _pre_activation_row(x[b], w, bias, t, reverse, row)
             if silu:
                 for c in range(d):
                     row[c] = row[c] / (ONE + fast_exp(-row[c]))
@@ -91,32 +103,19 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
                     for c0 in range(0, d, W):
                         gv = vload(grow, c0)
                         if silu:  # recompute the pre-activation a: g = dout * silu'(a)
-                            a = vload(bias, c0)
-                            for j in range(kernel):
-                                s = t - (kernel - 1) + j
-                                if s >= 0:
-                                    src = _row(x[b], s, reverse)
-                                    a = a + vload(w[j], c0) * vload(src, c0)
+                            a = _pre_activation(x[b], w, bias, t, reverse, c0)
                             sig = vsigmoid(a)
                             gv = gv * sig * (a * (1.0 - sig) + 1.0)
                         vstore(db, c0, vload(db, c0) + gv)
                         for j in range(kernel):
                             s = t - (kernel - 1) + j
                             if s >= 0:
-                                pos = length - 1 - s if reverse else s
-                                src, dsrc, dwj = x[b, pos], dx[b, pos], dw[j]
+                                src, dsrc, dwj = _row(x[b], s, reverse), _row(dx[b], s, reverse), dw[j]
                                 vstore(dsrc, c0, vload(dsrc, c0) + vload(w[j], c0) * gv)
                                 vstore(dwj, c0, vload(dwj, c0) + gv * vload(src, c0))
                     continue
                 if silu:
-                    for c in range(d):
-                        g[c] = bias[c]
-                    for j in range(kernel):
-                        s = t - (kernel - 1) + j
-                        if s >= 0:
-                            src = _row(x[b], s, reverse)
-                            for c in range(d):
-                                g[c] += w[j, c] * src[c]
+                    _pre_activation_row(x[b], w, bias, t, reverse, g)
                     for c in range(d):
                         sig = ONE / (ONE + fast_exp(-g[c]))
                         g[c] = grow[c] * sig * (ONE + g[c] * (ONE - sig))
@@ -128,8 +127,7 @@ def _backward_kernel(x, w, bias, silu, reverse, dout, dx, dw_part, db_part):
                 for j in range(kernel):
                     s = t - (kernel - 1) + j
                     if s >= 0:
-                        pos = length - 1 - s if reverse else s
-                        src, dsrc, dwj = x[b, pos], dx[b, pos], dw[j]
+                        src, dsrc, dwj = _row(x[b], s, reverse), _row(dx[b], s, reverse), dw[j]
                         for c in range(d):
                             dsrc[c] += w[j, c] * g[c]
                             dwj[c] += g[c] * src[c]
