@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mambamixer.ops import selective_scan
+from mambamixer.ops.scan_cpu_fused import is_token_major
 
 
 def no_weight_decay(param: nn.Parameter) -> nn.Parameter:
@@ -68,7 +69,7 @@ class S6(nn.Module):
                 self.B.to(x.dtype)[None, :, None].expand(batch, -1, length),
                 self.C.to(x.dtype)[None, :, None].expand(batch, -1, length),
             )
-        if x.stride(1) == 1 and length > 1:  # token-major memory: one GEMM, delta comes out token-major too
+        if is_token_major(x):  # one GEMM, and delta comes out token-major too, as the fused scan reads it
             x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (batch, length, dt_rank + 2 d_state)
             dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
             return F.linear(dt, self.dt_proj.weight).transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)

@@ -83,6 +83,20 @@ def _workspace(length: int, d_state: int, dtype: torch.dtype, backward: bool) ->
 CHANNEL_FIRST, TOKEN_MAJOR, TOKEN_MAJOR_REVERSED = 0, 1, 2  # layouts of u, delta, z and the output
 
 
+def is_token_major(t: Tensor) -> bool:
+    """Whether t (batch, dim, length) lies token-major in memory (a (batch, length, dim) tensor seen
+    through ``transpose(1, 2)``): the layout the kernels then read in place."""
+    return t.shape[1] > 1 and t.shape[2] > 1 and t.stride(1) == 1
+
+
+@numba.njit(**_SERIAL)
+def _dims(u, layout):
+    """(batch, dim, length) of u as the kernels hold it: (batch, dim, length) or token-major (batch, length, dim)."""
+    if layout == CHANNEL_FIRST:
+        return u.shape[0], u.shape[1], u.shape[2]
+    return u.shape[0], u.shape[2], u.shape[1]
+
+
 @numba.njit(**_SERIAL)
 def _row(src, t, layout):
     """Row t (time step t of the scan) of a token-major src (length, dim); from the end when reversed."""
@@ -183,8 +197,7 @@ def _forward_kernel(u, delta, At, Bm, Cm, D, z, bias, softplus, layout, out, las
     the segment starts (for the backward pass), unless it has a zero first dimension. work:
     scratch, see ``_workspace``.
     """
-    tm = layout != CHANNEL_FIRST
-    batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
+    batch, dim, length = _dims(u, layout)
     d_state = At.shape[0]
     groups = Bm.shape[1]
     per_group = dim // groups
@@ -265,8 +278,7 @@ def _backward_kernel(u, delta, At, Bm, Cm, D, z, bias, softplus, layout, ckpt, d
     dlast has a zero first dimension when the last state gets no gradient; dz and dbias when
     z and bias are absent. The B/C gradients end up summed in dB_part[0], dC_part[0].
     """
-    tm = layout != CHANNEL_FIRST
-    batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
+    batch, dim, length = _dims(u, layout)
     d_state = At.shape[0]
     groups = Bm.shape[1]
     per_group = dim // groups
@@ -492,8 +504,7 @@ class _FusedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, layout, want_last):
-        tm = layout != CHANNEL_FIRST
-        batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
+        batch, dim, length = _dims(u.numpy(), layout)
         d_state = A.shape[1]
         At = A.t().contiguous()  # (d_state, dim): the kernels load A's rows for a block as vectors
         out = torch.empty_like(u)
@@ -516,8 +527,7 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, At, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-        tm = ctx.layout != CHANNEL_FIRST
-        batch, dim, length = u.shape[0], u.shape[2 if tm else 1], u.shape[1 if tm else 2]
+        batch, dim, length = _dims(u.numpy(), ctx.layout)
         groups = B.shape[1]
         dout = torch.zeros_like(u) if dout is None else dout.contiguous()
         dlast = dlast.contiguous() if dlast is not None else None
@@ -562,8 +572,7 @@ def selective_scan_cpu_fused(
     B and C are flipped). Channel-first inputs are flipped for ``reverse``.
     """
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    batch, dim, length = u.shape
-    tm = length > 1 and dim > 1 and u.stride(1) == 1  # token-major memory
+    tm = is_token_major(u)
     if reverse and not tm:
         u, delta, B, C = u.flip(-1), delta.flip(-1), B.flip(-1), C.flip(-1)
         z = z.flip(-1) if z is not None else None
