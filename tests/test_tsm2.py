@@ -51,6 +51,15 @@ def test_batch_norm_option_normalises_over_every_token_of_the_batch():
         small(norm="group")
 
 
+def test_registered_sizes():
+    """The registered defaults, pinned: the size choices and their measurements are in docs/tsm2.md."""
+    short, long = create_model("tsm2", horizon=96, n_vars=7), create_model("tsm2_512", horizon=96, n_vars=7)
+    assert (short.config.d_model, short.config.stride, short.config.n_patches) == (32, 8, 12)
+    assert (long.config.d_model, long.config.stride, long.config.n_patches) == (64, 16, 33)
+    assert sum(p.numel() for p in short.parameters()) == 56_861
+    assert sum(p.numel() for p in long.parameters()) == 268_733
+
+
 def test_lookback_512_configuration():
     model = create_model("tsm2_512", horizon=96, n_vars=7, d_model=16)
     assert model.config.seq_len == 512 and model.config.n_patches == 33  # patches of 16 at stride 16, padded
