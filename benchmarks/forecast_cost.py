@@ -32,7 +32,7 @@ def make_step(spec: str, seq_len: int, horizon: int, n_vars: int):
     and parameter count. The keys are model config fields, and ``batch_size`` (default: the recipe's)."""
     name, _, rest = spec.partition(":")
     overrides = dict((k, parse_value(v)) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv))
-    hp = training_defaults(name.removesuffix("_512"))
+    hp = training_defaults(name)  # a registered size without its own entry takes its family's
     batch = overrides.pop("batch_size", hp["batch_size"])
     model = create_model(name, seq_len=seq_len, horizon=horizon, n_vars=n_vars, **overrides)
     model.train()
