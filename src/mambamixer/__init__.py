@@ -1,6 +1,7 @@
 """mambamixer: MambaMixer, TSM2, ViM2 and the models they are compared with."""
 
+from mambamixer.forecaster import Forecaster
 from mambamixer.models.registry import create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "__version__"]
+__all__ = ["Forecaster", "create_model", "list_models", "__version__"]

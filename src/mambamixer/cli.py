@@ -3,6 +3,7 @@
     mambamixer forecast --model tsm2 --data ETTh1 --horizon 96 [--seq-len 96 --epochs ...]
     mambamixer classify --model resnet_small --data fashion-mnist [--epochs 10 --img-size 28 ...]
     mambamixer evaluate runs/forecast-tsm2-ETTh1-96-96      # either task: read from the checkpoint
+    mambamixer predict runs/forecast-tsm2-ETTh1-96-96 --data my.csv   # the next horizon steps
     mambamixer models --task vision
     torchrun --nproc-per-node 2 -m mambamixer forecast ...    # DistributedDataParallel
 
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=("adam", "adamw"), default=None)
     p.add_argument("--schedule", choices=("halve", "cosine", "constant"), default=None,
                    help="learning-rate schedule")
+    p.add_argument("--train-on", choices=("train", "train+val", "all"), default="train",
+                   help="after the validated run, refit a fresh model on the training and validation rows, or on "
+                        "every row, for the chosen number of epochs; `predict` then uses it (default: train)")
+    _missing_option(p, "error")
     _run_options(p, out_default="runs/forecast-MODEL-DATA-SEQ-HORIZON", set_example="d_model=64",
                  patience_help="early-stopping patience in epochs (0 disables)")
     p.set_defaults(func=_forecast)
@@ -129,10 +134,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the run's own; none: only the plain metrics)")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("predict", parents=[common], help="forecast the steps after a series' last row",
+                       description="Load a forecasting run and forecast the next `horizon` steps of every variate "
+                                   "after the last row of a CSV (default: the data the run was trained on), in the "
+                                   "data's units: a CSV with a date column at the series' step, and a plot.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", default=None, help="CSV of the run's columns to forecast from (default: the run's data)")
+    p.add_argument("--out", default=None, help="forecast CSV (default RUN_DIR/future.csv)")
+    p.add_argument("--plot", default=None,
+                   help="plot of the recent history and the forecast (default RUN_DIR/future.png)")
+    p.add_argument("--plot-columns", default=None, metavar="A,B,...",
+                   help="variates to draw (default: the first 4)")
+    p.add_argument("--checkpoint", choices=("auto", "validated", "refit"), default="auto",
+                   help="the run's model to use: auto (its refit when it has one), validated, refit")
+    _missing_option(p, None)
+    p.set_defaults(func=_predict)
+
     p = sub.add_parser("models", parents=[common], help="list registered models")
     p.add_argument("--task", default=None, help="only models of this task (forecast, vision)")
     p.set_defaults(func=_models)
     return parser
+
+
+def _missing_option(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--missing", choices=("error", "ffill", "interpolate"), default=default,
+                   help="missing values (NaN, empty cells): error, ffill (forward then backward fill) or "
+                        "interpolate (linear in time)" + (" (default: the run's)" if default is None else
+                                                          f" (default: {default})"))
 
 
 def _run_options(p: argparse.ArgumentParser, out_default: str, set_example: str, patience_help: str) -> None:
@@ -164,7 +192,26 @@ def _forecast(args: argparse.Namespace) -> int:
         patience=args.patience, quiet=args.quiet, model_overrides=dict(args.overrides or []),
         optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip, ema_decay=args.ema_decay, resume=args.resume,
+        train_on=args.train_on, missing=args.missing,
     )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mambamixer.tasks.common import run_task
+    from mambamixer.tasks.predict import predict_run
+
+    if run_task(args.run_dir) == "classify":
+        raise ValueError(f"{args.run_dir} is an image classification run; `predict` forecasts with forecasting "
+                         f"runs only (labelling images is not available yet)")
+    columns = [c.strip() for c in args.plot_columns.split(",")] if args.plot_columns else None
+    r = predict_run(args.run_dir, data=args.data, out=args.out, plot=args.plot, columns=columns,
+                    missing=args.missing, checkpoint=args.checkpoint)
+    future = r["forecast"]
+    print(f"{len(future)} steps x {future.shape[1]} variates after {r['last_date']} of {r['data']} "
+          f"(model {r['checkpoint']}):")
+    print(future.head(3).to_string(float_format=lambda v: f"{v:.4g}", max_cols=8))
+    print(f"wrote {r['csv']} and {r['plot']}")
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch.utils.data import Dataset
 
 from mambamixer.data.calendar import FREQ_FEATURES, MARK_LEVELS
 from mambamixer.data.download import fetch, resolve_data_dir
+from mambamixer.data.series_csv import infer_calendar_freq, read_series
 
 __all__ = [
     "BENCHMARKS",
@@ -51,7 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
-MISSING_POLICIES = ("error", "ffill", "interpolate")
 SPLIT_KINDS = ("ett_hour", "ett_minute", "ratio")
 
 _ETT_URL = "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/{}"
@@ -180,24 +179,6 @@ def time_features(dates: pd.DatetimeIndex | Sequence, freq: str) -> tuple[np.nda
         return np.zeros((len(idx), 0), np.float32), names
     feats = np.stack([_LEVELS[n](idx) / float(MARK_LEVELS[n] - 1) - 0.5 for n in names], axis=1)
     return np.ascontiguousarray(feats, dtype=np.float32), names
-
-
-def _infer_freq(dates: pd.DatetimeIndex) -> str:
-    """Frequency key for ``time_features`` from the median step between timestamps."""
-    if len(dates) < 2:
-        return "h"
-    seconds = float(np.median(np.diff(dates.to_numpy().astype("datetime64[s]").astype(np.int64))))
-    if seconds < 60:
-        return "s"
-    if seconds < 3600:
-        return "t"
-    if seconds < 86400:
-        return "h"
-    if seconds < 7 * 86400:
-        return "d"
-    if seconds < 28 * 86400:
-        return "w"
-    return "m"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,107 +362,6 @@ def resolve_dataset_file(
     raise ValueError(f"{kind}: {text!r}; expected an existing CSV file or one of {_known_names()}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Parsing and validation
-# ---------------------------------------------------------------------------------------------
-
-def _parse_dates(values: pd.Series) -> tuple[pd.DatetimeIndex, list[int]]:
-    """Parse timestamps; returns the index and the positions that failed (NaT)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            parsed = pd.to_datetime(values)
-        except (ValueError, TypeError, OverflowError):
-            parsed = pd.to_datetime(values, errors="coerce", format="mixed")
-    idx = pd.DatetimeIndex(parsed)
-    bad = np.flatnonzero(idx.isna()).tolist()
-    return idx, bad
-
-
-def _is_numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-
-
-def _find_dates(df: pd.DataFrame, path: Path) -> tuple[str, pd.DatetimeIndex]:
-    expected = (
-        "expected a CSV with a 'date' column (or a first column of timestamps such as "
-        "'2016-07-01 00:00:00') followed by numeric variate columns"
-    )
-    named = [c for c in df.columns if str(c).strip().lower() == "date"]
-    if named:
-        col = named[0]
-    else:
-        col = df.columns[0]
-        first = df[col]
-        looks_like_dates = False
-        if pd.api.types.is_datetime64_any_dtype(first):
-            looks_like_dates = True
-        elif not _is_numeric(first) and first.notna().any():
-            _, bad = _parse_dates(first.dropna().iloc[:1])
-            looks_like_dates = not bad
-        if not looks_like_dates:
-            found = list(map(str, df.columns))
-            raise ValueError(f"{path}: no date column; {expected}; found columns {found}")
-    dates, bad = _parse_dates(df[col])
-    if bad:
-        examples = ", ".join(f"line {i + 2}: {df[col].iloc[i]!r}" for i in bad[:3])
-        raise ValueError(
-            f"{path}: {len(bad)} unparsable timestamp(s) in date column {str(col)!r} ({examples}); "
-            f"expected timestamps such as '2016-07-01 00:00:00'"
-        )
-    return str(col), dates
-
-
-def _numeric_values(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    bad: list[str] = []
-    out = {}
-    for col in df.columns:
-        series = df[col]
-        if _is_numeric(series):
-            out[col] = series.astype(np.float64)
-            continue
-        coerced = pd.to_numeric(series, errors="coerce") if not pd.api.types.is_bool_dtype(series) else None
-        if coerced is None or (coerced.isna() & series.notna()).any():
-            example = ""
-            if coerced is not None:
-                first_bad = series[coerced.isna() & series.notna()].iloc[0]
-                example = f" (e.g. {first_bad!r})"
-            bad.append(f"{col!r}{example}")
-        else:
-            out[col] = coerced.astype(np.float64)
-    if bad:
-        raise ValueError(
-            f"{path}: non-numeric variate column(s) {', '.join(bad)}; every column after the date column "
-            f"must hold numbers"
-        )
-    return pd.DataFrame(out, index=df.index)
-
-
-def _handle_missing(values: pd.DataFrame, dates: pd.DatetimeIndex, missing: str, path: Path) -> np.ndarray:
-    counts = values.isna().sum()
-    counts = counts[counts > 0]
-    if len(counts):
-        if missing == "error":
-            detail = ", ".join(f"{col!r}: {n}" for col, n in counts.items())
-            raise ValueError(
-                f"{path}: {int(counts.sum())} missing value(s) (NaN) in column(s) {detail}; pass "
-                f"missing='ffill' (forward then backward fill) or missing='interpolate' (linear in time)"
-            )
-        empty = [str(c) for c in values.columns if values[c].isna().all()]
-        if empty:
-            raise ValueError(f"{path}: column(s) {empty} have no values at all; nothing to fill them from")
-        if missing == "ffill":
-            values = values.ffill().bfill()
-        else:
-            values = values.set_axis(dates, axis=0).interpolate(method="time", limit_direction="both")
-        logger.info("%s: filled %d missing values with missing=%r", path.name, int(counts.sum()), missing)
-    arr = values.to_numpy(dtype=np.float64)
-    if not np.isfinite(arr).all():
-        cols = [str(c) for c, ok in zip(values.columns, np.isfinite(arr).all(axis=0), strict=True) if not ok]
-        raise ValueError(f"{path}: infinite values in column(s) {cols}; expected finite numbers")
-    return arr
-
-
 def _borders(split: str, n: int, seq_len: int, horizon: int, path: Path) -> dict[str, tuple[int, int]]:
     """Row ranges ``[start, stop)`` of each split, val/test including their ``seq_len`` look-back."""
     need = seq_len + horizon
@@ -543,35 +423,9 @@ def load_forecast_data(
     """
     seq_len = _check_positive_int("seq_len", seq_len)
     horizon = _check_positive_int("horizon", horizon)
-    if missing not in MISSING_POLICIES:
-        raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
     path, spec = resolve_dataset_file(name_or_path, data_dir)
-
-    try:
-        df = pd.read_csv(path, encoding="utf-8", encoding_errors="replace")
-    except pd.errors.EmptyDataError as err:
-        raise ValueError(
-            f"{path}: empty file; expected a CSV with a 'date' column and numeric variates"
-        ) from err
-    except pd.errors.ParserError as err:
-        raise ValueError(f"{path}: not a readable CSV ({err})") from err
-    if df.shape[1] < 2:
-        raise ValueError(
-            f"{path}: {df.shape[1]} column(s) {list(map(str, df.columns))}; expected a 'date' column "
-            f"followed by at least one numeric variate column"
-        )
-    date_col, dates = _find_dates(df, path)
-    variates = df.drop(columns=[date_col])
-    if target_cols is not None:
-        wanted = [target_cols] if isinstance(target_cols, str) else list(target_cols)
-        unknown = [c for c in wanted if c not in variates.columns]
-        if unknown or not wanted:
-            raise ValueError(
-                f"{path}: target_cols {unknown or wanted} not among the variate columns "
-                f"{list(map(str, variates.columns))}"
-            )
-        variates = variates[wanted]
-    values = _handle_missing(_numeric_values(variates, path), dates, missing, path)
+    series = read_series(path, missing, target_cols)
+    values, dates = series.values, series.dates
 
     n = len(values)
     split_kind = spec.split if spec is not None else "ratio"
@@ -588,7 +442,7 @@ def load_forecast_data(
     elif spec is not None:
         freq_key = spec.freq
     else:
-        freq_key = _infer_freq(dates)
+        freq_key = infer_calendar_freq(dates)
     marks, mark_names = time_features(dates[:end], freq_key)
     splits = {
         name: ForecastWindows(scaled[lo:hi], marks[lo:hi], seq_len, horizon, split=name, start=lo)
@@ -599,7 +453,7 @@ def load_forecast_data(
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        columns=[str(c) for c in variates.columns],
+        columns=series.columns,
         mean=mean.astype(np.float32),
         std=std.astype(np.float32),
         seq_len=seq_len,

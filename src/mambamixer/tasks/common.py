@@ -79,10 +79,10 @@ def _differences(then: dict[str, Any], now: dict[str, Any], prefix: str = "") ->
     return out
 
 
-def resume_state(out: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """The training state in ``out``, after checking that it was written by a run with the settings
+def resume_state(out: Path, run: dict[str, Any], name: str = STATE_NAME) -> dict[str, Any]:
+    """The training state ``out / name``, after checking that it was written by a run with the settings
     of ``run`` (model, data, shapes, seed, hyper-parameters); anything else raises ``ValueError``."""
-    path = out / STATE_NAME
+    path = out / name
     blob = load_train_state(path)
     meta = blob.get("meta")
     then = meta.get("run") if isinstance(meta, dict) else None
@@ -115,7 +115,12 @@ def find_checkpoint(run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"no run folder at {run_dir}")
-    return run_dir / "checkpoint" if (run_dir / "checkpoint").is_dir() else run_dir
+    if (run_dir / "checkpoint").is_dir():
+        return run_dir / "checkpoint"
+    if run_dir.is_dir() and not any((run_dir / name).exists() for name in ("run.json", "config.json")):
+        raise ValueError(f"{run_dir} is not a run folder: it holds no checkpoint/ (a run of `mambamixer forecast` "
+                         f"or `classify` writes one) and is not a checkpoint folder itself")
+    return run_dir
 
 
 def run_task(run_dir: str | os.PathLike) -> str:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mambamixer.data.forecast import ForecastData, load_forecast_data
+from mambamixer.data.series_csv import infer_step, step_name
 from mambamixer.io import atomic_write_json
 from mambamixer.models.registry import create_model, model_task
 from mambamixer.tasks.common import (
@@ -36,6 +38,7 @@ from mambamixer.tasks.common import (
     prepare_out,
     resume_state,
 )
+from mambamixer.tasks.forecast_refit import REFIT_DIR, REFIT_STATE_NAME, check_train_on, refit
 from mambamixer.training import distributed
 from mambamixer.training.checkpoint import STATE_NAME, save_checkpoint
 from mambamixer.training.distributed import Context, EpochSampler
@@ -91,6 +94,14 @@ def default_seq_len(model: str) -> int:
     with torch.device("meta"):  # the config only: no memory, no initialisation
         net = create_model(model)
     return getattr(getattr(net, "config", None), "seq_len", DEFAULT_SEQ_LEN)
+
+
+def series_step(dates: Any) -> str | None:
+    """The step between a series' timestamps as pandas names it (``"h"``, ``"15min"``), ``None`` if irregular."""
+    try:
+        return step_name(infer_step(dates))
+    except ValueError:
+        return None
 
 
 def default_out(model: str, data: str, seq_len: int, horizon: int) -> Path:
@@ -181,6 +192,8 @@ def run_forecast(
     eval_batch_size: int | None = None,
     device: str | torch.device | None = None,
     resume: bool = False,
+    train_on: str = "train",
+    missing: str = "error",
 ) -> dict[str, Any]:
     """Train ``model`` on dataset ``data`` and write the run folder; returns the metrics dict.
 
@@ -188,14 +201,18 @@ def run_forecast(
     early stopping. ``model_overrides`` are passed to ``create_model`` (the four shape fields
     seq_len/horizon/n_vars/n_marks are set by the task). ``batch_size`` is the global batch of
     one optimiser step (split over the processes under ``torchrun``). ``resume=True`` continues
-    the interrupted run in ``out`` (same arguments) from its ``train_state.pt``. Writes into
-    ``out``: ``metrics.json``, ``checkpoint/``, ``train_state.pt``, ``forecast.png``,
-    ``training_curves.png``.
+    the interrupted run in ``out`` (same arguments) from its ``train_state.pt``. ``train_on``:
+    ``"train"``, or ``"train+val"`` / ``"all"`` to refit a fresh model on those rows for the chosen
+    number of epochs once validation has chosen it (``refit/``, what ``predict`` uses; see
+    tasks/forecast_refit.py). ``missing``: the missing-value policy of ``load_forecast_data``.
+    Writes into ``out``: ``metrics.json``, ``checkpoint/``, ``train_state.pt``, ``forecast.png``,
+    ``training_curves.png`` (and ``refit/``, ``refit_state.pt``).
     """
     # 1. check every argument before anything is read or written
     if model_task(model) != "forecast":  # unknown names raise ValueError with suggestions
         raise ValueError(f"model {model!r} is a {model_task(model)} model, not a forecaster")
     horizon = check_positive_int("horizon", horizon)
+    check_train_on(train_on)
     seq_len = check_positive_int("seq_len", default_seq_len(model) if seq_len is None else seq_len)
     overrides = dict(model_overrides or {})
     reserved = sorted(set(overrides) & set(RESERVED_OVERRIDES))
@@ -223,7 +240,7 @@ def run_forecast(
     local_batch = distributed.local_batch_size(hp["batch_size"], ctx)
 
     # 2. data, model, then the output folder
-    fd = load_forecast_data(data, seq_len, horizon, data_dir=data_dir)
+    fd = load_forecast_data(data, seq_len, horizon, data_dir=data_dir, missing=missing)
     for split in ("train", "val", "test"):
         if len(getattr(fd, split)) == 0:
             raise ValueError(f"{fd.name}: the {split} split has no window of seq_len {seq_len} + "
@@ -248,6 +265,8 @@ def run_forecast(
         "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
         "seq_len": seq_len, "horizon": horizon, "n_vars": fd.n_vars, "n_marks": fd.n_marks,
         "columns": list(fd.columns), "seed": seed, "model_overrides": overrides,
+        "train_on": train_on, "missing": missing, "freq": fd.freq, "mark_names": list(fd.mark_names),
+        "step": series_step(fd.dates), "scaler": {"mean": fd.mean.tolist(), "std": fd.std.tolist()},
         "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule",
                                            "weight_decay", "warmup_epochs", "grad_clip", "patience", "ema_decay")},
                      "eval_batch_size": eval_batch_size, "loss": "mse", "drop_last_train": True},
@@ -292,6 +311,13 @@ def run_forecast(
     }
     if not all(math.isfinite(metrics[k]) for k in ("test_mse", "test_mae", "val_mse", "val_mae")):
         raise ValueError(f"non-finite evaluation metrics: test MSE {test['mse']}, val MSE {val['mse']}")
+    if train_on != "train":
+        state = resume_state(out, run, REFIT_STATE_NAME) if resume and (out / REFIT_STATE_NAME).is_file() else None
+        _, metrics["refit"] = refit(model, fd, run, forecast_loss, train_config, result.best_epoch, local_batch,
+                                    out, dev, ctx, state)
+    elif ctx.is_main:  # a refit left by an earlier run in this folder is not this run's
+        shutil.rmtree(out / REFIT_DIR, ignore_errors=True)
+        (out / REFIT_STATE_NAME).unlink(missing_ok=True)
     if ctx.is_main:
         title = f"{model} on {fd.name}, lookback {seq_len}, horizon {horizon}"
         _plot_windows(net, fd.test, dev, out / "forecast.png", list(fd.columns), title)
@@ -300,6 +326,9 @@ def run_forecast(
         print(f"{model} {fd.name} seq_len {seq_len} horizon {horizon}: "
               f"test MSE {test['mse']:.4f}  MAE {test['mae']:.4f}  (best epoch {result.best_epoch}/{epochs_run}, "
               f"{n_params:,} parameters)")
+        if "refit" in metrics:
+            print(f"refit on {train_on} ({metrics['refit']['windows']} windows, {result.best_epoch} epochs): "
+                  f"{out / REFIT_DIR} is the model `mambamixer predict` uses")
         if not quiet:
             print(f"wrote {out}")
     return distributed.broadcast_object(metrics, ctx)  # rank 0's figures (timings, memory) on every rank

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mambamixer.io import atomic_write
 
@@ -148,6 +149,25 @@ def plot_forecast(lookback: np.ndarray, truth: np.ndarray, forecast: np.ndarray,
             window = f"window {window_ids[r]}" if window_ids is not None else f"window {r}"
             ax.set_title(f"{name}, {window}", fontsize=9)
             ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_future(history: pd.DataFrame, future: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> Path:
+    """One panel per column: the recent ``history`` and the ``future`` forecast after it, against
+    their timestamps (both DataFrames indexed by dates, in the data's units)."""
+    columns = list(future.columns)
+    fig = _figure(9.0, 1.9 * len(columns) + 0.6)
+    axes = fig.subplots(len(columns), 1, squeeze=False, sharex=True)
+    for ax, name in zip(axes[:, 0], columns, strict=True):
+        ax.plot(history.index, history[name].to_numpy(), color="tab:gray", lw=1, label="history")
+        joined = pd.concat([history[name].iloc[-1:], future[name]])  # the forecast line starts at the last value
+        ax.plot(joined.index, joined.to_numpy(), color="tab:orange", lw=1.3, label="forecast")
+        ax.axvline(history.index[-1], color="black", lw=0.5)
+        ax.set_ylabel(str(name), fontsize=8)
+        ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7, loc="upper left")
     if title:
         fig.suptitle(title)

@@ -62,6 +62,8 @@ class TrainConfig:
     bf16: bool = False  # run loss_fn (forward and loss) under bfloat16 autocast; weights stay float32
     monitor: str = "val_loss"  # key of validate()'s dict that picks the best epoch (lower is better)
     ema_decay: float | None = None  # keep an EMA of the weights (training/ema.py); it is validated and kept
+    stop_epoch: int | None = None  # stop after this many epochs; the schedule still spans `epochs` (refits)
+    keep: str = "best"  # the weights kept: "best" (the best epoch's) or "last" (the last epoch's, e.g. a refit)
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -80,6 +82,11 @@ class TrainConfig:
             raise ValueError(f"patience must be a positive integer, got {self.patience!r}")
         if self.ema_decay is not None:
             check_ema_decay(self.ema_decay)
+        if self.stop_epoch is not None and (not isinstance(self.stop_epoch, int)
+                                            or not 1 <= self.stop_epoch <= self.epochs):
+            raise ValueError(f"stop_epoch must be an integer in [1, epochs={self.epochs}], got {self.stop_epoch!r}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
 
 
 def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:
@@ -451,7 +458,7 @@ def fit(
     seconds_before = state.seconds
     epoch_loss_now = [0.0, 0.0]
     with _StopRequest(announce=main).installed() as stop:
-        for epoch in range(state.epoch, config.epochs):
+        for epoch in range(state.epoch, config.stop_epoch or config.epochs):
             if state.finished:
                 break
             model.train()
@@ -530,7 +537,7 @@ def fit(
                                      f"the best weights (epoch {state.best_epoch}) are kept")
             monitored = val_loss if val_loss is not None else train_loss
             state.epoch, state.step_in_epoch = epoch + 1, 0
-            improved = monitored < state.best_val
+            improved = monitored < state.best_val or config.keep == "last"
             if improved:
                 state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
                 state.best_weights = {k: v.detach().to("cpu", copy=True)
@@ -558,7 +565,7 @@ def fit(
                 if not quiet and state.stopped_early:
                     tqdm.write(f"early stopping: no improvement for {config.patience} epochs "
                                f"(best epoch {state.best_epoch})")
-            state.finished = state.finished or epoch + 1 == config.epochs
+            state.finished = state.finished or epoch + 1 == (config.stop_epoch or config.epochs)
             if saved_path is not None:
                 save((0.0, 0.0))
             if distributed.any_rank([stop.signum is not None], ctx)[0]:  # a signal during validation
