@@ -115,6 +115,10 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
+    """The commit of the mambamixer source the runs import: $MAMBAMIXER_SOURCE_COMMIT when the runs use
+    an exported snapshot of it (``git archive``, on PYTHONPATH), else this checkout's HEAD."""
+    if os.environ.get("MAMBAMIXER_SOURCE_COMMIT"):
+        return os.environ["MAMBAMIXER_SOURCE_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
         return out.stdout.strip()
