@@ -243,3 +243,32 @@ def test_interrupted_refit_resumes_exactly(tmp_path: Path, monkeypatch: pytest.M
     assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
     whole, cut = (load_file(tmp_path / d / "refit" / "model.safetensors") for d in ("whole", "cut"))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_unfinished_refit_is_refused_and_a_fresh_run_clears_an_old_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    from forecast_helpers import make_series_csv
+
+    csv = make_series_csv(tmp_path / "s.csv")
+    args = ["forecast", "--model", "dlinear", "--data", str(csv), "--horizon", "12", "--seq-len", "32",
+            "--epochs", "3", "--train-on", "all", "--quiet", "--out", str(tmp_path / "run")]
+    monkeypatch.setenv("MAMBAMIXER_STOP_AFTER_STEPS", "40")  # refit stopped in its third epoch
+    assert main(args) == 130
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "the refit in" in err and "unfinished (2 of 3 epochs)" in err, err
+    assert main(["predict", str(tmp_path / "run"), "--checkpoint", "validated"]) == 0
+    monkeypatch.setenv("MAMBAMIXER_STOP_AFTER_STEPS", "5")  # a fresh run, stopped at once, leaves no old refit
+    assert main([*args[:-5], "--quiet", "--out", str(tmp_path / "run")]) == 130
+    assert not (tmp_path / "run" / "refit").exists()
+
+
+def test_outputs_never_overwrite_the_input_or_the_checkpoint(hourly: tuple[Path, Path],
+                                                             capsys: pytest.CaptureFixture) -> None:
+    run_dir, csv = hourly
+    before = snapshot(run_dir)
+    for extra in (["--out", str(csv)], ["--plot", str(run_dir / "checkpoint" / "config.json")]):
+        assert main(["predict", str(run_dir), "--data", str(csv), *extra]) == 2
+        assert "would overwrite" in capsys.readouterr().err
+    assert snapshot(run_dir) == before

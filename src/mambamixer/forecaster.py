@@ -39,7 +39,7 @@ class Forecaster:
     ``model_overrides``, ...) are those of :func:`mambamixer.tasks.forecast.run_forecast`.
     """
 
-    def __init__(self, model: str = "tsm2", horizon: int = 96, seq_len: int | None = None, *,
+    def __init__(self, model: str = "tsm2", *, seq_len: int | None = None, horizon: int = 96,
                  train_on: str = "train", missing: str = "error", out: str | os.PathLike | None = None,
                  quiet: bool = True, **options: Any) -> None:
         self.model_name = model
@@ -63,6 +63,9 @@ class Forecaster:
             self.out = Path(tempfile.mkdtemp(prefix=f"forecast-{self.model_name}-"))
         if isinstance(data, pd.DataFrame):
             series_from_frame(data, "the data frame", self.options["missing"])  # its errors, before any write
+            if (self.out / "checkpoint").is_dir():
+                raise ValueError(f"{self.out} already holds a run (and its data.csv); fit a DataFrame into "
+                                 f"another folder")
             self.out.mkdir(parents=True, exist_ok=True)
             frame = data.reset_index() if isinstance(data.index, pd.DatetimeIndex) else data
             data = atomic_write(self.out / "data.csv", lambda tmp: frame.to_csv(tmp, index=False))
@@ -91,6 +94,12 @@ class Forecaster:
         where = refit_dir if use_refit else find_checkpoint(run_dir)
         ckpt, net, run = load_run_checkpoint(where, "forecast", "a forecasting run",
                                              ("data", "seq_len", "horizon", "columns"))
+        refit = run.get("refit")
+        if use_refit and not (isinstance(refit, dict) and refit.get("complete", "epochs_done" not in refit)):
+            done = refit.get("epochs_done") if isinstance(refit, dict) else None
+            raise ValueError(f"the refit in {refit_dir} is unfinished ({done} of "
+                             f"{refit.get('epochs') if isinstance(refit, dict) else '?'} epochs): continue it with "
+                             f"`mambamixer forecast ... --resume`, or predict with --checkpoint validated")
         self.checkpoint, self.run = ckpt, run
         self.net = net.to(pick_device(device)).eval()
         scaler = run.get("scaler")

@@ -14,10 +14,10 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +38,7 @@ from mambamixer.tasks.common import (
     prepare_out,
     resume_state,
 )
-from mambamixer.tasks.forecast_refit import REFIT_DIR, REFIT_STATE_NAME, check_train_on, refit
+from mambamixer.tasks.forecast_refit import REFIT_DIR, REFIT_STATE_NAME, check_train_on, clear_refit, refit
 from mambamixer.training import distributed
 from mambamixer.training.checkpoint import STATE_NAME, save_checkpoint
 from mambamixer.training.distributed import Context, EpochSampler
@@ -97,11 +97,14 @@ def default_seq_len(model: str) -> int:
 
 
 def series_step(dates: Any) -> str | None:
-    """The step between a series' timestamps as pandas names it (``"h"``, ``"15min"``), ``None`` if irregular."""
+    """The step between a series' timestamps as pandas names it (``"h"``, ``"15min"``); for a series
+    with gaps, its most common step; ``None`` for fewer than two rows."""
     try:
         return step_name(infer_step(dates))
     except ValueError:
-        return None
+        steps = pd.Series(dates[1:] - dates[:-1])
+        steps = steps[steps > pd.Timedelta(0)]
+        return step_name(pd.tseries.frequencies.to_offset(steps.mode().iloc[0])) if len(steps) else None
 
 
 def default_out(model: str, data: str, seq_len: int, horizon: int) -> Path:
@@ -274,6 +277,8 @@ def run_forecast(
     }
     state = resume_state(out, run) if resume else None  # checked before anything is written
     prepare_out(out, note=ctx.is_main and not (quiet or resume))
+    if ctx.is_main and not resume:  # a refit left by an earlier run in this folder is not this run's
+        clear_refit(out)
     ckpt_dir = out / "checkpoint"
 
     # 3. train: best epoch on validation MSE, checkpoint written at each new best
@@ -315,9 +320,6 @@ def run_forecast(
         state = resume_state(out, run, REFIT_STATE_NAME) if resume and (out / REFIT_STATE_NAME).is_file() else None
         _, metrics["refit"] = refit(model, fd, run, forecast_loss, train_config, result.best_epoch, local_batch,
                                     out, dev, ctx, state)
-    elif ctx.is_main:  # a refit left by an earlier run in this folder is not this run's
-        shutil.rmtree(out / REFIT_DIR, ignore_errors=True)
-        (out / REFIT_STATE_NAME).unlink(missing_ok=True)
     if ctx.is_main:
         title = f"{model} on {fd.name}, lookback {seq_len}, horizon {horizon}"
         _plot_windows(net, fd.test, dev, out / "forecast.png", list(fd.columns), title)

@@ -12,6 +12,7 @@ the training rows' statistics, like the validated model's, so both share one sca
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ from mambamixer.training.trainer import TrainConfig, TrainState, fit
 TRAIN_ON = ("train", "train+val", "all")
 REFIT_DIR = "refit"
 REFIT_STATE_NAME = "refit_state.pt"
+
+
+def clear_refit(out: Path) -> None:
+    """Remove the refit of an earlier run in ``out`` (a fresh run must never predict with it)."""
+    shutil.rmtree(out / REFIT_DIR, ignore_errors=True)
+    (out / REFIT_STATE_NAME).unlink(missing_ok=True)
 
 
 def check_train_on(train_on: str) -> str:
@@ -73,10 +80,10 @@ def refit(model: str, fd: ForecastData, run: dict[str, Any], loss_fn: Callable[[
                         pin_memory=dev.type == "cuda")
     refit_config = dataclasses.replace(config, stop_epoch=epochs, keep="last", patience=None,
                                        desc=f"{config.desc} (refit on {run['train_on']})")
-    meta = {**run, "refit": {"on": run["train_on"], "epochs": epochs}}
-
-    def on_epoch(state: TrainState) -> None:
-        save_checkpoint(out / REFIT_DIR, state.eval_model, meta)
+    def on_epoch(state: TrainState) -> None:  # "complete" only once the last epoch is saved
+        save_checkpoint(out / REFIT_DIR, state.eval_model,
+                        {**run, "refit": {"on": run["train_on"], "epochs": epochs, "epochs_done": state.epoch,
+                                          "complete": state.epoch == epochs}})
 
     result = fit(net, loader, loss_fn, refit_config, on_best=on_epoch, device=dev, ctx=ctx,
                  state_path=out / REFIT_STATE_NAME, resume=resume, state_meta={"run": run})

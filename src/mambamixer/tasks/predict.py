@@ -57,6 +57,13 @@ def predict_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     plot = _writable_file(Path(plot) if plot is not None else run_dir / "future.png", "the plot")
     drawn = plot_columns(forecaster.columns, columns)
     series = forecaster.read(data, missing)
+    keep = [series.path.resolve(), *(p.resolve() for d in ("checkpoint", "refit") for p in (run_dir / d).glob("*"))]
+    for path, what in ((out, "--out"), (plot, "--plot")):
+        if path.resolve() in keep:
+            raise ValueError(f"{what} {path} would overwrite the input data or the run's checkpoint; "
+                             f"expected a new file name")
+    if out.resolve() == plot.resolve():
+        raise ValueError(f"--out and --plot are the same file {out}; expected two names")
     future = forecaster.forecast(series)
 
     atomic_write(out, lambda tmp: future.to_csv(tmp, index_label=future.index.name))
