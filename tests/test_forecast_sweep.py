@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench_helpers import load_benchmark
 from forecast_helpers import make_series_csv
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "forecast_sweep.py"
@@ -16,10 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "forecast_sweep.py"
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("forecast_sweep_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("forecast_sweep")
 
 
 def test_axes_become_every_combination_and_the_right_flags(sweep):

@@ -3,23 +3,18 @@ validation, resume/skip, and one real (tiny) run whose row carries every require
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_tsm2.py"
+from bench_helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def repro():
-    spec = importlib.util.spec_from_file_location("reproduce_tsm2_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reproduce_tsm2")
 
 
 def fake_row(repro, model, data, horizon, val, test, overrides=None, seed=0):
