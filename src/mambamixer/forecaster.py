@@ -94,12 +94,11 @@ class Forecaster:
         where = refit_dir if use_refit else find_checkpoint(run_dir)
         ckpt, net, run = load_run_checkpoint(where, "forecast", "a forecasting run",
                                              ("data", "seq_len", "horizon", "columns"))
-        refit = run.get("refit")
-        if use_refit and not (isinstance(refit, dict) and refit.get("complete", "epochs_done" not in refit)):
-            done = refit.get("epochs_done") if isinstance(refit, dict) else None
-            raise ValueError(f"the refit in {refit_dir} is unfinished ({done} of "
-                             f"{refit.get('epochs') if isinstance(refit, dict) else '?'} epochs): continue it with "
-                             f"`mambamixer forecast ... --resume`, or predict with --checkpoint validated")
+        refit = run.get("refit") or {}
+        if use_refit and not refit.get("complete"):
+            raise ValueError(f"the refit in {refit_dir} is unfinished ({refit.get('epochs_done')} of "
+                             f"{refit.get('epochs')} epochs): continue it with `mambamixer forecast ... --resume`, "
+                             f"or predict with --checkpoint validated")
         self.checkpoint, self.run = ckpt, run
         self.net = net.to(pick_device(device)).eval()
         scaler = run.get("scaler")

@@ -225,6 +225,17 @@ def infer_step(dates: pd.DatetimeIndex, where: str = "the date column") -> pd.Da
     raise ValueError(f"{where}: irregular timestamps; expected one constant step between rows, found steps {shown}")
 
 
+def typical_step(dates: pd.DatetimeIndex) -> str | None:
+    """The step of a series as pandas names it (``"h"``, ``"15min"``): :func:`infer_step`'s, or for a
+    series with gaps its most common increasing step; ``None`` when it has none."""
+    try:
+        return step_name(infer_step(dates))
+    except ValueError:
+        steps = pd.Series(dates[1:] - dates[:-1])
+        steps = steps[steps > pd.Timedelta(0)]
+        return step_name(pd.tseries.frequencies.to_offset(steps.mode().iloc[0])) if len(steps) else None
+
+
 def future_dates(dates: pd.DatetimeIndex, periods: int, step: pd.DateOffset | None = None) -> pd.DatetimeIndex:
     """The ``periods`` timestamps after the last of ``dates``, at ``step`` (default: ``infer_step``)."""
     step = infer_step(dates) if step is None else step

@@ -17,14 +17,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mambamixer.data.forecast import ForecastData, load_forecast_data
-from mambamixer.data.series_csv import infer_step, step_name
+from mambamixer.data.series_csv import typical_step
 from mambamixer.io import atomic_write_json
 from mambamixer.models.registry import create_model, model_task
 from mambamixer.tasks.common import (
@@ -39,11 +38,11 @@ from mambamixer.tasks.common import (
     resume_state,
 )
 from mambamixer.tasks.forecast_refit import REFIT_DIR, REFIT_STATE_NAME, check_train_on, clear_refit, refit
+from mambamixer.tasks.forecast_setup import seeded_forecaster, training_loader
 from mambamixer.training import distributed
 from mambamixer.training.checkpoint import STATE_NAME, save_checkpoint
-from mambamixer.training.distributed import Context, EpochSampler
+from mambamixer.training.distributed import Context
 from mambamixer.training.plots import plot_forecast, plot_training_curves
-from mambamixer.training.seed import seed_everything
 from mambamixer.training.trainer import TrainConfig, TrainState, fit
 
 DEFAULT_SEQ_LEN = 96
@@ -94,17 +93,6 @@ def default_seq_len(model: str) -> int:
     with torch.device("meta"):  # the config only: no memory, no initialisation
         net = create_model(model)
     return getattr(getattr(net, "config", None), "seq_len", DEFAULT_SEQ_LEN)
-
-
-def series_step(dates: Any) -> str | None:
-    """The step between a series' timestamps as pandas names it (``"h"``, ``"15min"``); for a series
-    with gaps, its most common step; ``None`` for fewer than two rows."""
-    try:
-        return step_name(infer_step(dates))
-    except ValueError:
-        steps = pd.Series(dates[1:] - dates[:-1])
-        steps = steps[steps > pd.Timedelta(0)]
-        return step_name(pd.tseries.frequencies.to_offset(steps.mode().iloc[0])) if len(steps) else None
 
 
 def default_out(model: str, data: str, seq_len: int, horizon: int) -> Path:
@@ -248,14 +236,7 @@ def run_forecast(
         if len(getattr(fd, split)) == 0:
             raise ValueError(f"{fd.name}: the {split} split has no window of seq_len {seq_len} + "
                              f"horizon {horizon}")
-    seed_everything(seed)
-    try:
-        net = create_model(model, seq_len=seq_len, horizon=horizon, n_vars=fd.n_vars, n_marks=fd.n_marks,
-                           **overrides)
-    except TypeError as err:
-        raise ValueError(f"bad model override for {model!r}: {err}") from err
-    distributed.seed_rank(seed, ctx)  # same initial weights everywhere, own dropout masks per rank
-    net.to(dev)
+    net = seeded_forecaster(model, fd, overrides, seed, ctx, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -269,7 +250,7 @@ def run_forecast(
         "seq_len": seq_len, "horizon": horizon, "n_vars": fd.n_vars, "n_marks": fd.n_marks,
         "columns": list(fd.columns), "seed": seed, "model_overrides": overrides,
         "train_on": train_on, "missing": missing, "freq": fd.freq, "mark_names": list(fd.mark_names),
-        "step": series_step(fd.dates), "scaler": {"mean": fd.mean.tolist(), "std": fd.std.tolist()},
+        "step": typical_step(fd.dates), "scaler": {"mean": fd.mean.tolist(), "std": fd.std.tolist()},
         "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule",
                                            "weight_decay", "warmup_epochs", "grad_clip", "patience", "ema_decay")},
                      "eval_batch_size": eval_batch_size, "loss": "mse", "drop_last_train": True},
@@ -282,12 +263,7 @@ def run_forecast(
     ckpt_dir = out / "checkpoint"
 
     # 3. train: best epoch on validation MSE, checkpoint written at each new best
-    # The sampler shuffles by (seed, epoch) and shards by rank; drop_last on training only (a
-    # shuffled remainder), never on val/test. The loader's own generator keeps its per-epoch seed
-    # draw off the global RNG (which resume restores step-exactly).
-    sampler = EpochSampler(len(fd.train), seed, ctx, local_batch, drop_last=True)
-    train_loader = DataLoader(fd.train, batch_size=local_batch, sampler=sampler, generator=torch.Generator(),
-                              pin_memory=dev.type == "cuda")
+    train_loader = training_loader(fd.train, seed, ctx, local_batch, dev)
 
     def validate(m: nn.Module) -> float:
         return forecast_errors(m, fd.val, eval_batch_size, dev, ctx)["mse"]
@@ -318,7 +294,7 @@ def run_forecast(
         raise ValueError(f"non-finite evaluation metrics: test MSE {test['mse']}, val MSE {val['mse']}")
     if train_on != "train":
         state = resume_state(out, run, REFIT_STATE_NAME) if resume and (out / REFIT_STATE_NAME).is_file() else None
-        _, metrics["refit"] = refit(model, fd, run, forecast_loss, train_config, result.best_epoch, local_batch,
+        metrics["refit"] = refit(model, fd, run, forecast_loss, train_config, result.best_epoch, local_batch,
                                     out, dev, ctx, state)
     if ctx.is_main:
         title = f"{model} on {fd.name}, lookback {seq_len}, horizon {horizon}"

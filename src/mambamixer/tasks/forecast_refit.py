@@ -20,15 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from mambamixer.data.forecast import ForecastData, ForecastWindows, time_features
 from mambamixer.data.series_csv import read_series
-from mambamixer.models.registry import create_model
-from mambamixer.training import distributed
+from mambamixer.tasks.forecast_setup import seeded_forecaster, training_loader
 from mambamixer.training.checkpoint import save_checkpoint
-from mambamixer.training.distributed import Context, EpochSampler
-from mambamixer.training.seed import seed_everything
+from mambamixer.training.distributed import Context
 from mambamixer.training.trainer import TrainConfig, TrainState, fit
 
 TRAIN_ON = ("train", "train+val", "all")
@@ -63,21 +60,14 @@ def refit_windows(fd: ForecastData, train_on: str, missing: str) -> ForecastWind
 
 def refit(model: str, fd: ForecastData, run: dict[str, Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
           config: TrainConfig, epochs: int, local_batch: int, out: Path, dev: torch.device, ctx: Context,
-          resume: dict[str, Any] | None) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+          resume: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
     """Train a fresh ``model`` on the rows ``run["train_on"]`` names for ``epochs`` epochs of
     ``config``'s schedule (``loss_fn(model, batch)`` as in :func:`fit`); saves ``out/refit/`` after
-    every epoch and returns ``(model, summary for metrics.json)``. ``resume``: the state of an
+    every epoch and returns its summary for metrics.json. ``resume``: the state of an
     interrupted refit (``out/refit_state.pt``)."""
     windows = refit_windows(fd, run["train_on"], run["missing"])
-    seed = run["seed"]
-    seed_everything(seed)
-    net = create_model(model, seq_len=fd.seq_len, horizon=fd.horizon, n_vars=fd.n_vars, n_marks=fd.n_marks,
-                       **run["model_overrides"])
-    distributed.seed_rank(seed, ctx)
-    net.to(dev)
-    sampler = EpochSampler(len(windows), seed, ctx, local_batch, drop_last=True)
-    loader = DataLoader(windows, batch_size=local_batch, sampler=sampler, generator=torch.Generator(),
-                        pin_memory=dev.type == "cuda")
+    net = seeded_forecaster(model, fd, run["model_overrides"], run["seed"], ctx, dev)
+    loader = training_loader(windows, run["seed"], ctx, local_batch, dev)
     refit_config = dataclasses.replace(config, stop_epoch=epochs, keep="last", patience=None,
                                        desc=f"{config.desc} (refit on {run['train_on']})")
     def on_epoch(state: TrainState) -> None:  # "complete" only once the last epoch is saved
@@ -88,8 +78,7 @@ def refit(model: str, fd: ForecastData, run: dict[str, Any], loss_fn: Callable[[
     result = fit(net, loader, loss_fn, refit_config, on_best=on_epoch, device=dev, ctx=ctx,
                  state_path=out / REFIT_STATE_NAME, resume=resume, state_meta={"run": run})
     last = result.history[-1] if result.history else {}
-    summary = {"on": run["train_on"], "epochs": epochs, "windows": len(windows), "rows": int(windows.data.shape[0]),
+    return {"on": run["train_on"], "epochs": epochs, "windows": len(windows), "rows": int(windows.data.shape[0]),
                "last_train_loss": last.get("train_loss"), "train_seconds": result.train_seconds,
                "checkpoint": REFIT_DIR}
-    return net, summary
 

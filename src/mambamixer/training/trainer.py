@@ -88,6 +88,11 @@ class TrainConfig:
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
 
+    @property
+    def last_epoch(self) -> int:
+        """The number of epochs that run (``stop_epoch`` when set, else ``epochs``)."""
+        return self.stop_epoch or self.epochs
+
 
 def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:
     """bfloat16 autocast on ``device`` when ``enabled`` (CPU and CUDA), else a no-op context."""
@@ -458,7 +463,7 @@ def fit(
     seconds_before = state.seconds
     epoch_loss_now = [0.0, 0.0]
     with _StopRequest(announce=main).installed() as stop:
-        for epoch in range(state.epoch, config.stop_epoch or config.epochs):
+        for epoch in range(state.epoch, config.last_epoch):
             if state.finished:
                 break
             model.train()
@@ -565,7 +570,7 @@ def fit(
                 if not quiet and state.stopped_early:
                     tqdm.write(f"early stopping: no improvement for {config.patience} epochs "
                                f"(best epoch {state.best_epoch})")
-            state.finished = state.finished or epoch + 1 == (config.stop_epoch or config.epochs)
+            state.finished = state.finished or epoch + 1 == config.last_epoch
             if saved_path is not None:
                 save((0.0, 0.0))
             if distributed.any_rank([stop.signum is not None], ctx)[0]:  # a signal during validation
