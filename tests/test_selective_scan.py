@@ -4,35 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from scan_helpers import GRAD_NAMES, make_inputs, run_scan, scan_grads
 
 from mambamixer.ops import available_backends, selective_scan, selective_scan_ref
 from mambamixer.ops.scan import BACKEND_ENV
 from mambamixer.ops.scan_reference import selective_scan_reference
 
 FAST_BACKENDS = ["cpu_fused", "chunked"]
-GRAD_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
-
-
-def make_inputs(batch, d_inner, length, d_state, groups=None, with_D=True, with_z=True, dtype=torch.float32,
-                seed=0):  # fmt: skip
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
-
-    bc_shape = (batch, d_state, length) if groups is None else (batch, groups, d_state, length)
-    A = (-torch.exp(torch.randn(d_inner, d_state, generator=g, dtype=torch.float64) * 0.5)).to(dtype)
-    return dict(
-        u=rnd(batch, d_inner, length),
-        delta=rnd(batch, d_inner, length, scale=0.5),
-        A=A.requires_grad_(),
-        B=rnd(*bc_shape),
-        C=rnd(*bc_shape),
-        D=rnd(d_inner) if with_D else None,
-        z=rnd(batch, d_inner, length) if with_z else None,
-        delta_bias=rnd(d_inner, scale=0.1),
-    )
-
 
 CASES = [  # batch, d_inner, length, d_state, groups, with_D, with_z
     (2, 4, 1, 16, None, True, True),
@@ -48,32 +26,18 @@ CASES = [  # batch, d_inner, length, d_state, groups, with_D, with_z
 ]
 
 
-def _run(backend, inputs, **kw):
-    out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend=backend, **kw)
-    return out, last
-
-
-def _grads(out, last, inputs, seed=1, with_last=True):
-    g = torch.Generator().manual_seed(seed)
-    gout = torch.randn(out.shape, generator=g).to(out.dtype).to(out.device)
-    glast = torch.randn(last.shape, generator=g).to(last.dtype).to(last.device)
-    loss = (out * gout).sum() + (last * glast).sum() * with_last
-    params = [inputs[k] for k in GRAD_NAMES if inputs[k] is not None]
-    return torch.autograd.grad(loss, params)
-
-
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}-d{}-l{}-n{}-g{}-D{}-z{}".format(*c))
 @pytest.mark.parametrize("reverse", [False, True])
 def test_backend_matches_reference_float32(backend, case, reverse):
     batch, d_inner, length, d_state, groups, with_D, with_z = case
     inputs = make_inputs(batch, d_inner, length, d_state, groups, with_D, with_z)
-    ref_out, ref_last = _run("reference", inputs, reverse=reverse)
-    out, last = _run(backend, inputs, reverse=reverse)
+    ref_out, ref_last = run_scan("reference", inputs, reverse=reverse)
+    out, last = run_scan(backend, inputs, reverse=reverse)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(last, ref_last, rtol=1e-4, atol=1e-4)
     names = [k for k in GRAD_NAMES if inputs[k] is not None]
-    pairs = zip(names, _grads(out, last, inputs), _grads(ref_out, ref_last, inputs), strict=True)
+    pairs = zip(names, scan_grads(out, last, inputs), scan_grads(ref_out, ref_last, inputs), strict=True)
     for name, got, want in pairs:
         torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4, msg=lambda m, n=name: f"grad {n}: {m}")
 
@@ -103,14 +67,14 @@ def test_fused_scan_reads_token_major_inputs_in_place(case, reverse):
     batch, d_inner, length, d_state, groups, with_D, with_z = case
     inputs = make_inputs(batch, d_inner, length, d_state, groups, with_D, with_z)
     tm = _token_major(inputs, strided_z=with_z)
-    ref_out, ref_last = _run("reference", inputs, reverse=reverse)
-    out, last = _run("cpu_fused", tm, reverse=reverse)
+    ref_out, ref_last = run_scan("reference", inputs, reverse=reverse)
+    out, last = run_scan("cpu_fused", tm, reverse=reverse)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(last, ref_last, rtol=1e-4, atol=1e-4)
     if length > 1 and d_inner > 1:
         assert out.stride(1) == 1  # token-major like u (reversed: its rows read from the end, nothing flipped)
     names = [k for k in GRAD_NAMES if inputs[k] is not None]
-    pairs = zip(names, _grads(out, last, tm), _grads(ref_out, ref_last, inputs), strict=True)
+    pairs = zip(names, scan_grads(out, last, tm), scan_grads(ref_out, ref_last, inputs), strict=True)
     for name, got, want in pairs:
         torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4, msg=lambda m, n=name: f"grad {n}: {m}")
 
@@ -149,11 +113,11 @@ def test_fused_scan_token_major_float64_gradcheck(reverse):
 def test_chunked_scan_with_different_group_counts_for_b_and_c(b_groups, c_groups):
     inputs = make_inputs(2, 4, 9, 3, groups=b_groups)
     inputs["C"] = make_inputs(2, 4, 9, 3, groups=c_groups, seed=1)["C"]
-    ref_out, ref_last = _run("reference", inputs)
-    out, last = _run("chunked", inputs)
+    ref_out, ref_last = run_scan("reference", inputs)
+    out, last = run_scan("chunked", inputs)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(last, ref_last, rtol=1e-4, atol=1e-4)
-    for got, want in zip(_grads(out, last, inputs), _grads(ref_out, ref_last, inputs), strict=True):
+    for got, want in zip(scan_grads(out, last, inputs), scan_grads(ref_out, ref_last, inputs), strict=True):
         torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4)
 
 
@@ -166,13 +130,13 @@ def test_chunked_scan_cuts_a_large_batch_into_pieces(monkeypatch, groups):
     original = chunked._chunk
     monkeypatch.setattr(chunked, "_chunk", lambda *a: calls.append(a[1].shape[0]) or original(*a))
     inputs = make_inputs(7, 4, 20, 8, groups=groups)
-    ref_out, ref_last = _run("reference", inputs)
+    ref_out, ref_last = run_scan("reference", inputs)
     out, last = chunked.selective_scan_chunked(**inputs, delta_softplus=True, return_last_state=True,
                                                chunk_size=8, max_chunk_elements=3 * 4 * 8 * 8)  # fmt: skip
     assert sorted(set(calls)) == [1, 3]  # pieces of 3, 3 and 1 rows, three chunks each
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(last, ref_last, rtol=1e-4, atol=1e-4)
-    for got, want in zip(_grads(out, last, inputs), _grads(ref_out, ref_last, inputs), strict=True):
+    for got, want in zip(scan_grads(out, last, inputs), scan_grads(ref_out, ref_last, inputs), strict=True):
         torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4)
 
 
@@ -180,10 +144,10 @@ def test_chunked_scan_cuts_a_large_batch_into_pieces(monkeypatch, groups):
 @pytest.mark.parametrize("d_inner, length", [(4, 40), (32, 21)])
 def test_backend_matches_reference_float64_exactly(backend, d_inner, length):
     inputs = make_inputs(2, d_inner, length, 8, groups=2, dtype=torch.float64)
-    ref_out, ref_last = _run("reference", inputs)
-    out, last = _run(backend, inputs)
+    ref_out, ref_last = run_scan("reference", inputs)
+    out, last = run_scan(backend, inputs)
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
-    for got, want in zip(_grads(out, last, inputs), _grads(ref_out, ref_last, inputs), strict=True):
+    for got, want in zip(scan_grads(out, last, inputs), scan_grads(ref_out, ref_last, inputs), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
@@ -293,11 +257,11 @@ def test_bad_arguments_raise_value_error(change, match):
 def test_gpu_backends_match_cpu_reference(case):
     batch, d_inner, length, d_state, groups, with_D, with_z = case
     inputs = make_inputs(batch, d_inner, length, d_state, groups, with_D, with_z)
-    ref_out, ref_last = _run("reference", inputs)
-    ref_grads = _grads(ref_out, ref_last, inputs, with_last=False)  # mamba_ssm does not backprop the last state
+    ref_out, ref_last = run_scan("reference", inputs)
+    ref_grads = scan_grads(ref_out, ref_last, inputs, with_last=False)  # mamba_ssm does not backprop the last state
     cuda_inputs = {k: (v.detach().cuda().requires_grad_() if v is not None else None) for k, v in inputs.items()}
     for backend in available_backends("cuda")[:-1]:  # cuda (when mamba_ssm is installed) and chunked
-        out, last = _run(backend, cuda_inputs)
+        out, last = run_scan(backend, cuda_inputs)
         torch.testing.assert_close(out.cpu(), ref_out, rtol=1e-3, atol=1e-3)
-        for got, want in zip(_grads(out, last, cuda_inputs, with_last=False), ref_grads, strict=True):
+        for got, want in zip(scan_grads(out, last, cuda_inputs, with_last=False), ref_grads, strict=True):
             torch.testing.assert_close(got.cpu(), want, rtol=2e-3, atol=2e-3)

@@ -5,11 +5,14 @@ Backends (all with the signature of ``mamba_ssm``'s ``selective_scan_fn``):
 - ``reference``: the readable recurrence (``scan_reference``), slow; the ground truth of tests.
 - ``cpu_fused``: numba kernels for forward and backward on CPU tensors (``scan_cpu_fused``).
 - ``cuda``: ``mamba_ssm``'s CUDA kernel, for CUDA tensors when that package is installed.
-- ``chunked``: a chunked log-depth scan in PyTorch, for any device (the GPU fallback).
+- ``triton``: Triton kernels for forward and backward (``scan_triton``), compiled just in time:
+  CUDA tensors when ``triton`` is installed; CPU tensors only under ``TRITON_INTERPRET=1``
+  (Triton's interpreter, slow: for tests).
+- ``chunked``: a chunked log-depth scan in PyTorch, for any device (the last GPU fallback).
 
 Automatic dispatch: CPU tensors -> ``cpu_fused``; CUDA tensors -> ``cuda`` if available, else
-``chunked``. The ``backend=`` argument, or the ``MAMBAMIXER_SCAN_BACKEND`` environment
-variable, overrides it.
+``triton`` if importable, else ``chunked``. The ``backend=`` argument, or the
+``MAMBAMIXER_SCAN_BACKEND`` environment variable, overrides it.
 """
 
 from __future__ import annotations
@@ -24,23 +27,27 @@ from mambamixer.ops.scan_chunked import selective_scan_chunked
 from mambamixer.ops.scan_cpu_fused import selective_scan_cpu_fused
 from mambamixer.ops.scan_cuda import INSTALL_HINT, cuda_available, selective_scan_cuda
 from mambamixer.ops.scan_reference import selective_scan_reference
+from mambamixer.ops.scan_triton import check_triton_device, selective_scan_triton, triton_available, triton_interpreted
 
 BACKENDS: dict[str, Callable[..., Tensor | tuple[Tensor, Tensor]]] = {
     "reference": selective_scan_reference,
     "cpu_fused": selective_scan_cpu_fused,
     "chunked": selective_scan_chunked,
     "cuda": selective_scan_cuda,
+    "triton": selective_scan_triton,
 }
+_REVERSE_IN_PLACE = ("cpu_fused", "triton")  # backends that take ``reverse`` themselves (no flipped copies)
 BACKEND_ENV = "MAMBAMIXER_SCAN_BACKEND"
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends that can run on ``device``, fastest first."""
+    """Backends that can run on ``device``, fastest first (on CPU, ``triton`` under TRITON_INTERPRET=1 comes last)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return (["cuda"] if cuda_available() else []) + ["chunked", "reference"]
-    return ["cpu_fused", "chunked", "reference"]
+        return (["cuda"] if cuda_available() else []) + (["triton"] if triton_available() else []) + ["chunked",
+                                                                                                      "reference"]
+    return ["cpu_fused", "chunked", "reference"] + (["triton"] if triton_available() and triton_interpreted() else [])
 
 
 def _pick_backend(backend: str | None, u: Tensor) -> str:
@@ -56,6 +63,8 @@ def _pick_backend(backend: str | None, u: Tensor) -> str:
             raise ValueError(f"backend 'cuda' needs CUDA tensors, got tensors on {u.device}")
         if not cuda_available():
             raise RuntimeError(INSTALL_HINT)
+    if backend == "triton":
+        check_triton_device(u.device)
     return backend
 
 
@@ -133,9 +142,8 @@ def selective_scan(
     if A.is_complex():
         raise ValueError("A must be real; complex A is not supported")
     name = _pick_backend(backend, u)
-    if name == "cpu_fused":  # reverses without flipped copies where it can
-        return selective_scan_cpu_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                        reverse=reverse)  # fmt: skip
+    if name in _REVERSE_IN_PLACE:  # they reverse without flipped copies
+        return BACKENDS[name](u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse=reverse)
     if reverse:
         u, delta, B, C = u.flip(-1), delta.flip(-1), B.flip(-1), C.flip(-1)
         z = z.flip(-1) if z is not None else None
