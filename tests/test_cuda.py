@@ -1,7 +1,9 @@
 """The CUDA paths: every scan backend for CUDA tensors, every model, and both commands on a GPU.
 
 Skipped without a CUDA device (CI has none); run on a GPU machine with ``pytest tests/test_cuda.py``.
-With ``mamba_ssm`` importable the ``cuda`` backend is checked too, else only ``chunked``.
+With ``mamba_ssm`` importable the ``cuda`` backend is checked too, with ``triton`` importable the
+``triton`` backend (compiled: the option grid of ``tests/test_scan_triton.py``, which runs it
+under Triton's interpreter on CPU), and ``chunked`` always.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ import sys
 
 import pytest
 import torch
+from scan_helpers import OPTION_CASES, assert_matches_reference, option_case_id, scan_grads
+from scan_helpers import scan_inputs as option_inputs
 
 from mambamixer import create_model, list_models
 from mambamixer.ops import selective_scan
 from mambamixer.ops.scan_cuda import cuda_available
+from mambamixer.ops.scan_triton import triton_available
 from mambamixer.tasks.classify import build_vision_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-GPU_BACKENDS = ["cuda", "chunked"] if cuda_available() else ["chunked"]
+GPU_BACKENDS = ["cuda"] * cuda_available() + ["triton"] * triton_available() + ["chunked"]
+needs_triton = pytest.mark.skipif(not triton_available(), reason="needs triton")
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +87,54 @@ def test_gpu_scan_last_state_and_bfloat16(backend):
     low = selective_scan(**half, delta_softplus=True, backend=backend)
     assert low.dtype == torch.bfloat16
     assert (low.float().cpu() - want).abs().max() <= 0.05 * want.abs().max()
+
+
+@needs_triton
+@pytest.mark.parametrize("case", OPTION_CASES, ids=option_case_id)
+def test_gpu_triton_matches_the_cpu_reference_over_the_option_grid(case):
+    batch, d_inner, length, d_state, groups, with_D, with_z, with_bias, softplus, reverse = case
+    inputs = option_inputs(batch, d_inner, length, d_state, groups, with_D, with_z, with_bias, softplus)
+    assert_matches_reference(inputs, "triton", "cuda", rtol=2e-4, grad_rtol=1e-3, delta_softplus=softplus,
+                             reverse=reverse)  # fmt: skip
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_gpu_triton_other_dtypes(dtype):
+    inputs = option_inputs(2, 8, 150, 16, groups=2, dtype=dtype)
+    tol = (1e-9, 1e-8) if dtype == torch.float64 else (2e-2, 5e-2)
+    assert_matches_reference(inputs, "triton", "cuda", rtol=tol[0], grad_rtol=tol[1], delta_softplus=True, reverse=True)
+
+
+@needs_triton
+def test_gpu_triton_at_model_sizes_and_token_major_layout():
+    """A vision mixer's call: many sequences, 4 stacked orders (groups), u token-major; and a
+    long sequence with 2 blocks per group, against the chunked backend on the GPU (float32)."""
+    for batch, d_inner, length, d_state, groups in ((32, 128, 196, 4, 4), (2, 256, 3000, 16, None)):
+        inputs = option_inputs(batch, d_inner, length, d_state, groups)
+        cuda = {k: v.detach().cuda() for k, v in inputs.items()}
+        cuda["u"] = cuda["u"].transpose(1, 2).contiguous().transpose(1, 2)
+        cuda = {k: v.requires_grad_() for k, v in cuda.items()}
+        results = [selective_scan(**cuda, delta_softplus=True, return_last_state=True, backend=b)
+                   for b in ("triton", "chunked")]  # fmt: skip
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-4, atol=2e-4)
+        for got, want in zip(scan_grads(*results[0], cuda), scan_grads(*results[1], cuda), strict=True):
+            torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
+
+
+@needs_triton
+@pytest.mark.skipif(not cuda_available(), reason="needs mamba_ssm")
+@pytest.mark.parametrize("groups, reverse", [(None, False), (2, True)])
+def test_gpu_triton_matches_mamba_ssm(groups, reverse):
+    """Against mamba_ssm's kernel (which gives no gradient to the last state)."""
+    inputs = {k: v.detach().cuda().requires_grad_() for k, v in option_inputs(4, 64, 700, 16, groups).items()}
+    results = [selective_scan(**inputs, delta_softplus=True, return_last_state=True, reverse=reverse, backend=b)
+               for b in ("triton", "cuda")]  # fmt: skip
+    for got, want in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4)
+    grads = [scan_grads(*r, inputs, with_last=False) for r in results]
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
 
 
 def model_cases() -> list[tuple[str, dict, tuple[int, ...]]]:

@@ -3,16 +3,19 @@
 One program per (batch, block of ``BLOCK_D`` channels of one B/C group); its states, a
 (BLOCK_D, BLOCK_N) tile (d_state padded to a power of two, masked), stay in registers while the
 program walks the sequence step by step, so any length works (time is a loop, never a tile
-dimension; the last chunk is cut short). Inputs are loaded in their own dtype and computed in A's (float32, or float64).
-u, delta, z, the output and the gradients of u, delta and z share one layout, given by
-(stride_b, stride_d, stride_t); B and C are contiguous (batch, groups, d_state, length) and A is
-contiguous (d_inner, d_state). With ``REVERSE`` the scan runs right to left: step t of the scan
-reads and writes time ``length - 1 - t``, so nothing is flipped in memory.
+dimension; the last chunk is cut short). Inputs are loaded in their own dtype and computed in
+A's (float32, or float64). u, delta, z, the output and the gradients of u, delta and z share
+one layout, given by (stride_b, stride_d, stride_t); B and C are contiguous (batch, groups,
+d_state, length) and A contiguous (d_inner, d_state). With ``REVERSE`` the scan runs right to
+left: step t reads and writes time ``length - 1 - t``, so nothing is flipped in memory.
 
 The forward pass saves the state at the start of every ``CHUNK`` steps (``ckpt``: (batch,
 d_inner, n_chunks, d_state)). The backward pass walks the chunks right to left: it recomputes a
 chunk's states from its checkpoint into the program's slice of ``scratch`` (CHUNK tiles), then
-runs the adjoint recurrence right to left over the chunk.
+runs the adjoint recurrence right to left over the chunk, with a_t = exp(dt_t A),
+r_t = dLoss/dh_t = g_t C_t + a_{t+1} r_{t+1} (g: dLoss/dy) and, per step,
+dA += r a h_{t-1} dt, d dt = sum_n r (A a h_{t-1} + u B), du = D g + dt sum_n r B,
+dB_t = sum_d r dt u, dC_t = sum_d g h_t (the last two summed over a group's blocks by atomic adds).
 """
 
 from __future__ import annotations
@@ -39,15 +42,15 @@ INTERPRETED = not isinstance(_block_channels, triton.runtime.JITFunction)  # TRI
 
 
 @triton.jit
-def _load_step(u_ptr, delta_ptr, B_ptr, offs, b_offs, mask_d, mask_n, bias, dtype, SOFTPLUS: tl.constexpr):
+def _load_step(u_ptr, delta_ptr, B_ptr, offs, b_offs, mask_d, mask_n, bias, SOFTPLUS: tl.constexpr):
     """u, dt = softplus(delta + bias) (or delta + bias) and d dt / d delta (BLOCK_D,), and B (BLOCK_N,)
-    of one step.
+    of one step, in bias's dtype (the compute dtype).
 
     Helpers stay few and big: Triton's interpreter re-patches triton.language at every call of a
     jit function (most of its time went there with small helpers); compiled kernels inline them.
     """
-    x = tl.load(u_ptr + offs, mask=mask_d, other=0.0).to(dtype)
-    dt = tl.load(delta_ptr + offs, mask=mask_d, other=0.0).to(dtype) + bias
+    x = tl.load(u_ptr + offs, mask=mask_d, other=0.0).to(bias.dtype)
+    dt = tl.load(delta_ptr + offs, mask=mask_d, other=0.0).to(bias.dtype) + bias
     if SOFTPLUS:  # log(1 + exp(dt)) as torch computes it (dt above 20 passes through), and its derivative
         e = tl.exp(-tl.abs(dt))
         w = 1.0 + e
@@ -55,8 +58,8 @@ def _load_step(u_ptr, delta_ptr, B_ptr, offs, b_offs, mask_d, mask_n, bias, dtyp
         dt_grad = tl.where(dt > 20.0, 1.0, tl.where(dt >= 0, 1.0 / w, e / w))
         dt = tl.where(dt > 20.0, dt, tl.maximum(dt, 0.0) + log1p)
     else:
-        dt_grad = tl.full(dt.shape, 1.0, dtype)
-    b = tl.load(B_ptr + b_offs, mask=mask_n, other=0.0).to(dtype)
+        dt_grad = tl.full(dt.shape, 1.0, bias.dtype)
+    b = tl.load(B_ptr + b_offs, mask=mask_n, other=0.0).to(bias.dtype)
     return x, dt, dt_grad, b
 
 
@@ -70,7 +73,7 @@ def scan_forward_kernel(
 ):  # fmt: skip
     """out = (C . h + D u) * silu(z); grid (batch, blocks). ckpt receives the chunk-start states
     (``SAVE``), last_ptr (batch, d_inner, d_state) the final state (``WANT_LAST``)."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # offsets in int64: tensors may pass 2**31 elements
     d, mask_d, n, mask_n, gb, gc = _block_channels(tl.program_id(1), d_state, per_group, groups, b_groups, c_groups,
                                                    BLOCK_D, BLOCK_N)  # fmt: skip
     mask_dn = mask_d[:, None] & mask_n[None, :]
@@ -90,7 +93,7 @@ def scan_forward_kernel(
             t = c * CHUNK + i
             tm = (length - 1 - t) if REVERSE else t
             offs = row + tm * stride_t
-            x, dt, _, Bt = _load_step(u_ptr, delta_ptr, B_ptr, offs, b_row + tm, mask_d, mask_n, bias, dtype, SOFTPLUS)
+            x, dt, _, Bt = _load_step(u_ptr, delta_ptr, B_ptr, offs, b_row + tm, mask_d, mask_n, bias, SOFTPLUS)
             Ct = tl.load(C_ptr + c_row + tm, mask=mask_n, other=0.0).to(dtype)
             h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], axis=1) + D * x
@@ -121,7 +124,7 @@ def scan_backward_kernel(
     tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     scratch = scratch_ptr + pid * CHUNK * BLOCK_D * BLOCK_N + tile
     for item in range(pid, batch * blocks, tl.num_programs(0)):
-        b = item // blocks
+        b = (item // blocks).to(tl.int64)
         d, mask_d, n, mask_n, gb, gc = _block_channels(item % blocks, d_state, per_group, groups, b_groups, c_groups,
                                                        BLOCK_D, BLOCK_N)  # fmt: skip
         mask_dn = mask_d[:, None] & mask_n[None, :]
@@ -150,7 +153,7 @@ def scan_backward_kernel(
                 t = c * CHUNK + i
                 tm = (length - 1 - t) if REVERSE else t
                 x, dt, _, Bt = _load_step(u_ptr, delta_ptr, B_ptr, row + tm * stride_t, b_row + tm, mask_d, mask_n,
-                                          bias, dtype, SOFTPLUS)  # fmt: skip
+                                          bias, SOFTPLUS)  # fmt: skip
                 tl.store(scratch + i * BLOCK_D * BLOCK_N, h)
                 h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bt[None, :]
             tl.debug_barrier()  # scratch written before it is read
@@ -159,7 +162,7 @@ def scan_backward_kernel(
                 t = c * CHUNK + i
                 tm = (length - 1 - t) if REVERSE else t
                 offs = row + tm * stride_t
-                x, dt, dt_grad, Bt = _load_step(u_ptr, delta_ptr, B_ptr, offs, b_row + tm, mask_d, mask_n, bias, dtype,
+                x, dt, dt_grad, Bt = _load_step(u_ptr, delta_ptr, B_ptr, offs, b_row + tm, mask_d, mask_n, bias,
                                                 SOFTPLUS)  # fmt: skip
                 Ct = tl.load(C_ptr + c_row + tm, mask=mask_n, other=0.0).to(dtype)
                 g = tl.load(dout_ptr + offs, mask=mask_d, other=0.0).to(dtype)  # dLoss/d out
