@@ -4,11 +4,13 @@
     python benchmarks/scan.py --shapes vim2_femto --no-z --no-reference   # ViM2's own scan calls
 
 Times are the minimum over repeats (robust to other load on the machine) of forward, and of
-forward+backward, at (batch, length, d_inner, d_state[, groups]); with groups, B and C are
+forward+backward, at (batch, length, d_inner, d_state[, groups]); on CUDA also the peak memory of
+one forward+backward above the inputs (gradients included). With groups, B and C are
 (batch, groups, d_state, length), as the stacked scans of the vision models call it. Ratios are
 against mambapy's pscan and against the sequential PyTorch loop (the ``reference`` backend),
-measured in the same run. To compare two versions of the kernel, run the script once with each
-on ``PYTHONPATH``, alternating.
+measured in the same run; on CUDA the ``triton`` backend (when triton is installed) is also compared
+with ``chunked`` and with ``cuda`` (``mamba_ssm``), in time and memory. To compare two versions of
+the kernel, run the script once with each on ``PYTHONPATH``, alternating.
 """
 
 from __future__ import annotations
@@ -85,6 +87,21 @@ def timed(fn, repeats: int, backward: bool, device: str) -> float:
     return best
 
 
+def peak_memory_mib(fn, inputs: dict[str, torch.Tensor], device: str) -> float | None:
+    """Peak memory of one forward+backward above what was allocated before it (the inputs), in MiB;
+    the gradients of the inputs count (they are freed first). None off CUDA."""
+    if device != "cuda":
+        return None
+    for t in inputs.values():
+        t.grad = None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn().sum().backward()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
 def run(shapes, repeats: int, device: str, include_reference: bool, with_z: bool = True) -> list[dict]:
     from mambamixer.ops import available_backends
 
@@ -105,9 +122,11 @@ def run(shapes, repeats: int, device: str, include_reference: bool, with_z: bool
             row["forward_s"] = timed(fn, repeats, False, device)
             row["forward_backward_s"] = timed(fn, max(1, repeats // 2) if "reference" in name else repeats, True,
                                               device)  # fmt: skip
+            row["peak_mib"] = peak_memory_mib(fn, inputs, device)
             rows.append(row)
+            mem = f"   peak {row['peak_mib']:9.1f} MiB" if row["peak_mib"] is not None else ""
             print(f"{str(shape):>22} {name:<28} fwd {row['forward_s'] * 1e3:9.2f} ms   "
-                  f"fwd+bwd {row['forward_backward_s'] * 1e3:9.2f} ms", flush=True)  # fmt: skip
+                  f"fwd+bwd {row['forward_backward_s'] * 1e3:9.2f} ms{mem}", flush=True)  # fmt: skip
     return rows
 
 
@@ -115,8 +134,8 @@ def ratios(rows: list[dict]) -> list[str]:
     lines = []
     for shape in sorted({tuple(r["shape"]) for r in rows}):
         by = {r["method"]: r for r in rows if tuple(r["shape"]) == shape}
-        fused = by.get("selective_scan[cpu_fused]") or by.get("selective_scan[cuda]") or by.get(
-            "selective_scan[chunked]")  # fmt: skip
+        fused = next((by[m] for m in ("selective_scan[cpu_fused]", "selective_scan[cuda]", "selective_scan[triton]",
+                                      "selective_scan[chunked]") if m in by), None)  # fmt: skip
         for base_name in ("mambapy.pscan", "selective_scan[reference]"):
             base = by.get(base_name)
             if base and fused and base is not fused:
@@ -124,6 +143,16 @@ def ratios(rows: list[dict]) -> list[str]:
                 both = base["forward_backward_s"] / fused["forward_backward_s"]
                 lines.append(f"{str(shape):>22} {fused['method']} vs {base_name}: forward {fwd:.1f}x, "
                              f"forward+backward {both:.1f}x faster")  # fmt: skip
+        triton = by.get("selective_scan[triton]")
+        for base_name in ("selective_scan[chunked]", "selective_scan[cuda]"):  # targets: >= 10x; <= 1.3x / 1.5x
+            base = by.get(base_name)
+            if triton and base:
+                mem = (f", memory {triton['peak_mib'] / base['peak_mib']:.2f}x of it"
+                       if triton["peak_mib"] and base["peak_mib"] else "")  # fmt: skip
+                fwd = triton["forward_s"] / base["forward_s"]
+                both = triton["forward_backward_s"] / base["forward_backward_s"]
+                lines.append(f"{str(shape):>22} triton vs {base_name}: time forward {fwd:.2f}x, "
+                             f"forward+backward {both:.2f}x of it{mem}")  # fmt: skip
     return lines
 
 
