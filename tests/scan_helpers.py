@@ -74,7 +74,7 @@ OPTION_CASES = [
     (1, 2, 70, 64, None, True, True, True, True, False),
     (1, 2, 300, 4, None, True, True, True, True, False),
     (1, 2, 300, 16, None, False, False, True, True, True),
-    (2, 8, 33, 16, (4, 2), True, True, True, True, True),  # B and C grouped differently
+    (1, 8, 33, 16, (4, 2), True, True, True, True, True),  # B and C grouped differently
     (1, 4, 20, 16, (None, 2), True, False, True, True, False),  # B shared, C grouped
 ]
 

@@ -22,6 +22,7 @@ from scan_helpers import GRAD_NAMES, OPTION_CASES, assert_matches_reference, opt
 
 import mambamixer.ops.scan as scan_module
 import mambamixer.ops.scan_triton as scan_triton
+from mambamixer import create_model
 from mambamixer.ops import available_backends, selective_scan
 from mambamixer.ops.scan import BACKEND_ENV
 
@@ -157,3 +158,25 @@ def test_triton_missing_raises_the_install_hint(monkeypatch):
     assert "triton" not in available_backends("cuda") and "triton" not in available_backends("cpu")
     with pytest.raises(RuntimeError, match=r"pip install 'mambamixer\[triton\]'"):
         selective_scan(**scan_inputs(1, 2, 5, 2), backend="triton")
+
+
+@interpreted
+def test_triton_in_a_model_matches_cpu_fused(monkeypatch):
+    """A whole TSM2 (its mixers' token-major, gated and reversed scans) gives the fused CPU kernel's output
+    and parameter gradients with every scan on triton."""
+    torch.manual_seed(0)
+    model = create_model("tsm2", seq_len=32, horizon=8, n_vars=3, d_model=8).eval()  # eval: no dropout
+    x = torch.randn(2, 32, 3)
+    results = []
+    for backend in ("triton", "cpu_fused"):
+        monkeypatch.setenv(BACKEND_ENV, backend)
+        model.zero_grad()
+        out = model(x)
+        out.square().mean().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (out, grads), (want, want_grads) = results
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == want_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, n=name: f"{n}: {m}")  # fmt: skip

@@ -82,7 +82,9 @@ def _backward_programs(items: int, device: torch.device) -> int:
 
 class _TritonScan(torch.autograd.Function):
     """The fused op on prepared tensors: u, delta, z in one layout (strides of u); A contiguous in
-    the compute dtype; B, C contiguous (batch, groups, d_state, length); D, delta_bias contiguous."""
+    the compute dtype; B, C contiguous (batch, groups, d_state, length); D, delta_bias contiguous.
+    Absent tensors are replaced by a used one in the launches (flags tell the kernels): an empty
+    CUDA tensor's null pointer would be refused by Triton's launcher."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, want_last):
@@ -98,7 +100,7 @@ class _TritonScan(torch.autograd.Function):
         blocks = groups * -(-(d_inner // groups) // cfg["BLOCK_D"])
         kernels.scan_forward_kernel[(batch, blocks)](
             u, delta, A, B, C, D if D is not None else A, z if z is not None else u,
-            delta_bias if delta_bias is not None else A, out, last, ckpt,
+            delta_bias if delta_bias is not None else A, out, last if want_last else A, ckpt if save else A,
             length, d_inner, d_state, d_inner // groups, groups, B.shape[1], C.shape[1], n_chunks, *u.stride(),
             SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             REVERSE=reverse, SAVE=save, WANT_LAST=want_last, **cfg,
