@@ -45,6 +45,23 @@ def scan_grads(out, last, inputs, seed=1, with_last=True):
     return torch.autograd.grad(loss, params)
 
 
+def token_major(inputs, strided_z=False):
+    """The same numbers with u, delta and z lying token-major in memory ((batch, length, d) transposed),
+    z optionally a strided view (the first half of the columns of a wider tensor, as the mixers' chunked
+    projection)."""
+    out = dict(inputs)
+    for name in ("u", "delta", "z"):
+        if inputs[name] is None:
+            continue
+        rows = inputs[name].detach().transpose(1, 2)  # (batch, length, d)
+        if name == "z" and strided_z:
+            rows = torch.cat([rows, torch.zeros_like(rows)], dim=-1)[..., : rows.shape[-1]]
+        else:
+            rows = rows.contiguous()
+        out[name] = rows.transpose(1, 2).requires_grad_()
+    return out
+
+
 def scan_inputs(batch, d_inner, length, d_state, groups=None, with_D=True, with_z=True, with_bias=True,
                 softplus=True, dtype=torch.float32, seed=0) -> dict:  # fmt: skip
     """``make_inputs`` with groups None, an int, or (B groups, C groups), delta_bias optional, and

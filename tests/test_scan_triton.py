@@ -18,7 +18,7 @@ import os
 
 import pytest
 import torch
-from scan_helpers import GRAD_NAMES, OPTION_CASES, assert_matches_reference, option_case_id, scan_inputs
+from scan_helpers import GRAD_NAMES, OPTION_CASES, assert_matches_reference, option_case_id, scan_inputs, token_major
 
 import mambamixer.ops.scan as scan_module
 import mambamixer.ops.scan_triton as scan_triton
@@ -77,12 +77,7 @@ def test_triton_reads_token_major_inputs_in_place(reverse):
     """u token-major in memory (as the mixers produce it), z a strided chunk of a wider tensor: the same
     values and gradients, and the output comes back token-major."""
     inputs = scan_inputs(1, 8, 37, 4, groups=2)
-    tm = dict(inputs)
-    for name in ("u", "delta", "z"):
-        rows = inputs[name].detach().transpose(1, 2).contiguous()  # (batch, length, d_inner)
-        if name == "z":  # a strided view: the first half of the columns of a wider tensor
-            rows = torch.cat([rows, torch.zeros_like(rows)], dim=-1)[..., : rows.shape[-1]]
-        tm[name] = rows.transpose(1, 2).requires_grad_()
+    tm = token_major(inputs, strided_z=True)
     out = selective_scan(**tm, delta_softplus=True, reverse=reverse, backend="triton")
     want = selective_scan(**inputs, delta_softplus=True, reverse=reverse, backend="reference")
     assert out.stride(1) == 1

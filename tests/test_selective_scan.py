@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scan_helpers import GRAD_NAMES, make_inputs, run_scan, scan_grads
+from scan_helpers import GRAD_NAMES, make_inputs, run_scan, scan_grads, token_major
 
 from mambamixer.ops import available_backends, selective_scan, selective_scan_ref
 from mambamixer.ops.scan import BACKEND_ENV
@@ -42,23 +42,6 @@ def test_backend_matches_reference_float32(backend, case, reverse):
         torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
-def _token_major(inputs, strided_z=False):
-    """The same numbers with u, delta and z lying token-major in memory ((batch, length, d) transposed),
-    z optionally a strided view (the first half of the columns of a wider tensor, as the mixers' chunked
-    projection)."""
-    out = dict(inputs)
-    for name in ("u", "delta", "z"):
-        if inputs[name] is None:
-            continue
-        rows = inputs[name].detach().transpose(1, 2)  # (batch, length, d)
-        if name == "z" and strided_z:
-            rows = torch.cat([rows, torch.zeros_like(rows)], dim=-1)[..., : rows.shape[-1]]
-        else:
-            rows = rows.contiguous()
-        out[name] = rows.transpose(1, 2).requires_grad_()
-    return out
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}-d{}-l{}-n{}-g{}-D{}-z{}".format(*c))
 @pytest.mark.parametrize("reverse", [False, True])
 def test_fused_scan_reads_token_major_inputs_in_place(case, reverse):
@@ -66,7 +49,7 @@ def test_fused_scan_reads_token_major_inputs_in_place(case, reverse):
     and gradients, and the output and input gradients come back token-major."""
     batch, d_inner, length, d_state, groups, with_D, with_z = case
     inputs = make_inputs(batch, d_inner, length, d_state, groups, with_D, with_z)
-    tm = _token_major(inputs, strided_z=with_z)
+    tm = token_major(inputs, strided_z=with_z)
     ref_out, ref_last = run_scan("reference", inputs, reverse=reverse)
     out, last = run_scan("cpu_fused", tm, reverse=reverse)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
@@ -84,7 +67,7 @@ def test_fused_scan_with_token_major_u_and_channel_first_delta(reverse):
     """Mixed layouts (a non-selective S6 gives token-major u with channel-first delta): delta is copied
     into u's layout; without the last state asked for, the output alone matches the reference."""
     inputs = make_inputs(2, 32, 12, 4, groups=2)
-    tm = _token_major(inputs)
+    tm = token_major(inputs)
     tm["delta"] = inputs["delta"]
     want = selective_scan(**inputs, delta_softplus=True, reverse=reverse, backend="reference")
     got = selective_scan(**tm, delta_softplus=True, reverse=reverse, backend="cpu_fused")
@@ -98,7 +81,7 @@ def test_fused_scan_with_token_major_u_and_channel_first_delta(reverse):
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_fused_scan_token_major_float64_gradcheck(reverse):
-    inputs = _token_major(make_inputs(2, 4, 6, 3, groups=2, dtype=torch.float64))
+    inputs = token_major(make_inputs(2, 4, 6, 3, groups=2, dtype=torch.float64))
     names = [k for k in GRAD_NAMES if inputs[k] is not None]
 
     def fn(*tensors):

@@ -45,9 +45,8 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on ``device``, fastest first (on CPU, ``triton`` under TRITON_INTERPRET=1 comes last)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return (["cuda"] if cuda_available() else []) + (["triton"] if triton_available() else []) + ["chunked",
-                                                                                                      "reference"]
-    return ["cpu_fused", "chunked", "reference"] + (["triton"] if triton_available() and triton_interpreted() else [])
+        return ["cuda"] * cuda_available() + ["triton"] * triton_available() + ["chunked", "reference"]
+    return ["cpu_fused", "chunked", "reference"] + ["triton"] * triton_interpreted()
 
 
 def _pick_backend(backend: str | None, u: Tensor) -> str:

@@ -42,6 +42,23 @@ INTERPRETED = not isinstance(_block_channels, triton.runtime.JITFunction)  # TRI
 
 
 @triton.jit
+def _block_setup(b, block, A_ptr, D_ptr, bias_ptr, length, d_state, per_group, groups, b_groups, c_groups, stride_b,
+                 stride_d, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_D: tl.constexpr,
+                 HAS_BIAS: tl.constexpr):  # fmt: skip
+    """What a (batch b, block) item needs before its time loop: the channels d and their mask, the
+    states n and their mask, A (BLOCK_D, BLOCK_N) in the compute dtype, bias and D (BLOCK_D,; zeros
+    when absent), and the offsets of its rows of u (row + t * stride_t) and of B and C (+ t)."""
+    d, mask_d, n, mask_n, gb, gc = _block_channels(block, d_state, per_group, groups, b_groups, c_groups, BLOCK_D,
+                                                   BLOCK_N)  # fmt: skip
+    A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+    bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(A.dtype) if HAS_BIAS else tl.zeros((BLOCK_D,), A.dtype)
+    D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(A.dtype) if HAS_D else tl.zeros((BLOCK_D,), A.dtype)
+    b_row = ((b * b_groups + gb) * d_state + n) * length
+    c_row = ((b * c_groups + gc) * d_state + n) * length
+    return d, mask_d, n, mask_n, A, bias, D, b * stride_b + d * stride_d, b_row, c_row
+
+
+@triton.jit
 def _load_step(u_ptr, delta_ptr, B_ptr, offs, b_offs, mask_d, mask_n, bias, SOFTPLUS: tl.constexpr):
     """u, dt = softplus(delta + bias) (or delta + bias) and d dt / d delta (BLOCK_D,), and B (BLOCK_N,)
     of one step, in bias's dtype (the compute dtype).
@@ -74,16 +91,11 @@ def scan_forward_kernel(
     """out = (C . h + D u) * silu(z); grid (batch, blocks). ckpt receives the chunk-start states
     (``SAVE``), last_ptr (batch, d_inner, d_state) the final state (``WANT_LAST``)."""
     b = tl.program_id(0).to(tl.int64)  # offsets in int64: tensors may pass 2**31 elements
-    d, mask_d, n, mask_n, gb, gc = _block_channels(tl.program_id(1), d_state, per_group, groups, b_groups, c_groups,
-                                                   BLOCK_D, BLOCK_N)  # fmt: skip
+    d, mask_d, n, mask_n, A, bias, D, row, b_row, c_row = _block_setup(
+        b, tl.program_id(1), A_ptr, D_ptr, bias_ptr, length, d_state, per_group, groups, b_groups, c_groups, stride_b,
+        stride_d, BLOCK_D, BLOCK_N, HAS_D, HAS_BIAS)  # fmt: skip
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=mask_dn, other=0.0)
     dtype = A.dtype
-    bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(dtype) if HAS_BIAS else tl.zeros((BLOCK_D,), dtype)
-    D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(dtype) if HAS_D else tl.zeros((BLOCK_D,), dtype)
-    row = b * stride_b + d * stride_d
-    b_row = ((b * b_groups + gb) * d_state + n) * length
-    c_row = ((b * c_groups + gc) * d_state + n) * length
     ckpt_offs = (b * d_inner + d[:, None]) * n_chunks * d_state + n[None, :]
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype)
     for c in range(n_chunks):
@@ -125,16 +137,11 @@ def scan_backward_kernel(
     scratch = scratch_ptr + pid * CHUNK * BLOCK_D * BLOCK_N + tile
     for item in range(pid, batch * blocks, tl.num_programs(0)):
         b = (item // blocks).to(tl.int64)
-        d, mask_d, n, mask_n, gb, gc = _block_channels(item % blocks, d_state, per_group, groups, b_groups, c_groups,
-                                                       BLOCK_D, BLOCK_N)  # fmt: skip
+        d, mask_d, n, mask_n, A, bias, D, row, b_row, c_row = _block_setup(
+            b, item % blocks, A_ptr, D_ptr, bias_ptr, length, d_state, per_group, groups, b_groups, c_groups,
+            stride_b, stride_d, BLOCK_D, BLOCK_N, HAS_D, HAS_BIAS)  # fmt: skip
         mask_dn = mask_d[:, None] & mask_n[None, :]
-        A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=mask_dn, other=0.0)
         dtype = A.dtype
-        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(dtype) if HAS_BIAS else tl.zeros((BLOCK_D,), dtype)
-        D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(dtype) if HAS_D else tl.zeros((BLOCK_D,), dtype)
-        row = b * stride_b + d * stride_d
-        b_row = ((b * b_groups + gb) * d_state + n) * length
-        c_row = ((b * c_groups + gc) * d_state + n) * length
         state_offs = (b * d_inner + d[:, None]) * d_state + n[None, :]
         ckpt_offs = (b * d_inner + d[:, None]) * n_chunks * d_state + n[None, :]
         if HAS_DLAST:  # dLoss/dh flowing into the current step from the step after it (a_{t+1} r_{t+1})
