@@ -78,15 +78,9 @@ def test_triton_reads_token_major_inputs_in_place(reverse):
     values and gradients, and the output comes back token-major."""
     inputs = scan_inputs(1, 8, 37, 4, groups=2)
     tm = token_major(inputs, strided_z=True)
-    out = selective_scan(**tm, delta_softplus=True, reverse=reverse, backend="triton")
-    want = selective_scan(**inputs, delta_softplus=True, reverse=reverse, backend="reference")
-    assert out.stride(1) == 1
-    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
-    names = [k for k in GRAD_NAMES if inputs[k] is not None]
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-    grads = [torch.autograd.grad((o * weight).sum(), [d[k] for k in names]) for o, d in ((out, tm), (want, inputs))]
-    for name, got, expected in zip(names, *grads, strict=True):
-        torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4, msg=lambda m, n=name: f"grad {n}: {m}")
+    assert_matches_reference(tm, "triton", delta_softplus=True, reverse=reverse)  # the reference reads any layout
+    with torch.no_grad():
+        assert selective_scan(**tm, delta_softplus=True, reverse=reverse, backend="triton").stride(1) == 1
 
 
 @interpreted
