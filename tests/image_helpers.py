@@ -61,19 +61,8 @@ FASHION_NAMES = {0: "t-shirt", 1: "trouser", 7: "sneaker"}  # three Fashion-MNIS
 
 def fashion_folder(shared_data: Path, root: Path, n_train: int = 40, n_test: int = 20,
                    names: dict[int, str] = FASHION_NAMES) -> Path:  # fmt: skip
-    """ROOT/{train,test}/CLASS/INDEX.png: the first ``n_train`` + ``n_test`` Fashion-MNIST test-set
-    images (28x28 grey, real photographs of clothes) of each class of ``names``; returns ROOT."""
-    from PIL import Image
+    """ROOT/{train,test}/CLASS/INDEX.png: ``n_train`` + ``n_test`` Fashion-MNIST test-set images (28x28
+    grey photographs of clothes) of each class of ``names``, written by benchmarks/finetune_transfer.py."""
+    from bench_helpers import load_benchmark
 
-    from mambamixer.data.images import read_idx
-
-    folder = shared_data / "fashion-mnist"
-    images = read_idx(folder / "t10k-images-idx3-ubyte.gz", ndim=3)
-    labels = read_idx(folder / "t10k-labels-idx1-ubyte.gz", ndim=1)
-    for label, name in names.items():
-        index = np.nonzero(labels == label)[0]
-        for split, chosen in (("train", index[:n_train]), ("test", index[n_train:n_train + n_test])):
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in chosen:
-                Image.fromarray(images[i]).save(root / split / name / f"{i:05d}.png")
-    return root
+    return load_benchmark("finetune_transfer").write_fashion_folder(shared_data, root, names, n_train, n_test)

@@ -77,6 +77,8 @@ def test_unfrozen_finetune_starts_from_the_source_and_trains_it(source: Path, cl
     assert notes == ["head re-created: 10 -> 3 classes (head.fc, freshly initialised)"]
     assert all(torch.equal(start[k], before[k]) for k in start if k not in HEAD)
     assert start["head.fc.weight"].shape == (3, 24) and torch.all(start["head.fc.bias"] == 0)
+    same, notes = load_init(source).build(num_classes=10, in_chans=1, img_size=8)  # the class count of digits
+    assert notes == [] and all(torch.equal(v, before[k]) for k, v in same.state_dict().items())  # the head kept
     metrics = _finetune(source, clothes, tmp_path / "all")
     after = _weights(tmp_path / "all")
     changed = [k for k in after if k not in HEAD and not torch.equal(after[k], before[k])]
@@ -174,3 +176,19 @@ def test_reset_classifier_in_every_family(name: str, tmp_path: Path) -> None:
 def test_checkpoint_of_a_finetuned_run_reloads(source: Path) -> None:
     net, run = load_checkpoint(source / "checkpoint")
     assert run["init"] is None and net.config.num_classes == 10  # a run without --init records none
+
+
+def test_interrupted_frozen_finetune_resumes_exactly(source: Path, clothes: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--resume of a --freeze-backbone run (mid-epoch) ends with the weights of an uninterrupted one."""
+    args = ["classify", "--init", str(source), "--data", str(clothes), "--epochs", "2", "--batch-size", "32",
+            "--freeze-backbone", "--quiet"]  # 108 training images: 3 steps an epoch
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    monkeypatch.setenv("MAMBAMIXER_STOP_AFTER_STEPS", "4")
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 130
+    monkeypatch.delenv("MAMBAMIXER_STOP_AFTER_STEPS")
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    whole, cut = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    before = _weights(source)
+    assert all(torch.equal(cut[k], before[k]) for k in cut if k not in HEAD)  # still frozen after the resume

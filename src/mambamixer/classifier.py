@@ -48,6 +48,10 @@ class Classifier:
         training = run.get("training") or {}
         self.bf16 = bool(training.get("bf16"))
         self.batch_size = int(training.get("eval_batch_size") or DEFAULT_BATCH_SIZE)
+        if run.get("data_mode", "memory") != "memory":
+            # a streamed run evaluates on a shorter-side resize and centre crop made while decoding
+            raise ValueError(f"labelling images needs a run trained in memory; this run's data were "
+                             f"{run['data_mode']!r}, whose evaluation crop is not reproduced here yet")
         # an ImageFolder run decodes its files at --img-size; a built-in dataset is stored at its own size
         self.decode_size = run.get("decode_size") if dataset_name(run["data"]) is None else None
 

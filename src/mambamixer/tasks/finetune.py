@@ -13,7 +13,7 @@ safetensors only. The model is rebuilt from the source's config (its size and ``
 new ``--set`` values win, e.g. a drop-path rate for fine-tuning) with the new data's channels and
 image size; every tensor must then match the source's shape, except the classifier (re-created
 when the class count differs) and the input convolution when the channel count differs (timm's
-``adapt_input_conv`` rule, :func:`adapt_input_conv`). docs/vision_data.md, "Fine-tuning".
+``adapt_input_conv`` rule, :func:`adapt_input_conv`). docs/vision.md, "Fine-tuning".
 """
 
 from __future__ import annotations
