@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=10, help="epochs of each target run")
     p.add_argument("--batch-size", type=int, default=16, help="batch of each target run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--init-lr", type=float, default=None, help="peak learning rate of the --init runs (default: "
+                                                                  "the recipe's, as from scratch)")
     args = p.parse_args(argv)
 
     source = write_fashion_folder(args.data_dir, args.out / "source", class_folder_names(SOURCE_CLASSES),
@@ -78,18 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     source_run = args.out / f"source-{args.model}"
     if not (source_run / "metrics.json").is_file():
         run_classify(args.model, str(source), epochs=args.source_epochs, out=source_run, quiet=True)
-    ways = {"from scratch": {}, "--init": {"init": source_run},
-            "--init --freeze-backbone": {"init": source_run, "freeze_backbone": True}}
+    ways = {"from scratch": {}, "--init": {"init": source_run, "lr": args.init_lr},
+            "--init --freeze-backbone": {"init": source_run, "freeze_backbone": True, "lr": args.init_lr}}
     top1: dict[str, list[float]] = {}
     for way, extra in ways.items():
         for seed in args.seeds:
-            tag = way.replace("--", "").replace(" ", "-")
+            tag = way.replace("--", "").replace(" ", "-") + (f"-lr{args.init_lr}" if extra and args.init_lr else "")
             m = run_classify(None if extra else args.model, str(target), epochs=args.epochs, seed=seed,
                              batch_size=args.batch_size, val_fraction=0.0, quiet=True,
                              out=args.out / f"target-{args.shots}-{tag}-s{seed}", **extra)
             top1.setdefault(way, []).append(m["test_top1"])
     print(f"\n{args.model}: target test top-1, {3 * args.shots} training images ({args.shots} a class), "
-          f"{3 * args.target_test} test, {args.epochs} epochs, batch {args.batch_size}, seeds {args.seeds}\n")
+          f"{3 * args.target_test} test, {args.epochs} epochs, batch {args.batch_size}, seeds {args.seeds}, "
+          f"--init lr {args.init_lr or 'the recipe'}\n")
     print("| start | mean | per seed |\n| --- | --- | --- |")
     for way, values in top1.items():
         print(f"| {way} | {statistics.mean(values):.2%} | {', '.join(f'{v:.2%}' for v in values)} |")
