@@ -54,3 +54,15 @@ def digits_held_out_losses(model: torch.nn.Module, steps: int, lr: float = 2e-3)
         loss.backward()
         opt.step()
     return before, held_out_loss()
+
+
+FASHION_NAMES = {0: "t-shirt", 1: "trouser", 7: "sneaker"}  # three Fashion-MNIST classes, by label
+
+
+def fashion_folder(shared_data: Path, root: Path, n_train: int = 40, n_test: int = 20,
+                   names: dict[int, str] = FASHION_NAMES) -> Path:  # fmt: skip
+    """ROOT/{train,test}/CLASS/INDEX.png: ``n_train`` + ``n_test`` Fashion-MNIST test-set images (28x28
+    grey photographs of clothes) of each class of ``names``, written by benchmarks/finetune_transfer.py."""
+    from bench_helpers import load_benchmark
+
+    return load_benchmark("finetune_transfer").write_fashion_folder(shared_data, root, names, n_train, n_test)

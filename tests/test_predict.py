@@ -272,3 +272,18 @@ def test_outputs_never_overwrite_the_input_or_the_checkpoint(hourly: tuple[Path,
         assert main(["predict", str(run_dir), "--data", str(csv), *extra]) == 2
         assert "would overwrite" in capsys.readouterr().err
     assert snapshot(run_dir) == before
+
+
+def test_the_csv_may_be_given_as_the_input_argument(hourly: tuple[Path, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """`predict RUN CSV` (the form that labels images for a classify run) is `predict RUN --data CSV`."""
+    run_dir, csv = hourly
+    for name, data in (("a", ["--data", str(csv)]), ("b", [str(csv)])):
+        assert main(["predict", str(run_dir), *data, "--out", str(tmp_path / f"{name}.csv"), "--plot",
+                     str(tmp_path / f"{name}.png")]) == 0
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    capsys.readouterr()
+    for extra, message in ((["--top-k", "3"], "--top-k does not apply to a forecast run"),
+                           (["--data", str(csv)], "give the input once")):
+        assert main(["predict", str(run_dir), str(csv), *extra]) == 2
+        assert message in capsys.readouterr().err

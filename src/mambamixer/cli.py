@@ -4,6 +4,7 @@
     mambamixer classify --model resnet_small --data fashion-mnist [--epochs 10 --img-size 28 ...]
     mambamixer evaluate runs/forecast-tsm2-ETTh1-96-96      # either task: read from the checkpoint
     mambamixer predict runs/forecast-tsm2-ETTh1-96-96 --data my.csv   # the next horizon steps
+    mambamixer predict runs/classify-vim2_femto-flowers photos/ --top-k 3   # label images: labels.csv
     mambamixer models --task vision
     torchrun --nproc-per-node 2 -m mambamixer forecast ...    # DistributedDataParallel
 
@@ -98,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a vision model, keep the best epoch on validation top-1, report test "
                                    "top-1/top-5 over the whole test set. Options left out take the recipe of "
                                    "docs/vision_data.md.")
-    p.add_argument("--model", required=True, help="registered vision model (see `mambamixer models --task vision`)")
+    p.add_argument("--model", default=None,
+                   help="registered vision model (see `mambamixer models --task vision`); with --init, default the "
+                        "checkpoint's")
     p.add_argument("--data", default="digits",
                    help="digits (default, offline), mnist, fashion-mnist, cifar10, cifar100, or an ImageFolder path")
     p.add_argument("--data-dir", default=None, help="folder holding (or receiving) the dataset files")
@@ -120,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=fraction, default=None,
                    help="part of the training images held out for validation and best-epoch selection "
                         "(default 0.1; 0: train on all of them and keep the epoch of lowest training loss)")
+    p.add_argument("--init", default=None, metavar="RUN_DIR",
+                   help="fine-tune: start from the weights of a classify run, a checkpoint folder or a saved model "
+                        "(the head is re-created when the class count differs)")
+    p.add_argument("--freeze-backbone", action="store_true", help="with --init: train only the classifier")
     _run_options(p, out_default="runs/classify-MODEL-DATA", set_example="drop_path_rate=0.1",
                  patience_help="early-stopping patience in epochs (default and 0: run every epoch)")
     p.set_defaults(func=_classify)
@@ -134,18 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the run's own; none: only the plain metrics)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", parents=[common], help="forecast the steps after a series' last row",
-                       description="Load a forecasting run and forecast the next `horizon` steps of every variate "
-                                   "after the last row of a CSV (default: the data the run was trained on), in the "
-                                   "data's units: a CSV with a date column at the series' step, and a plot.")
+    p = sub.add_parser("predict", parents=[common], help="forecast a series' next steps, or label images",
+                       description="A forecasting run: forecast the next `horizon` steps of every variate after the "
+                                   "last row of a CSV (default: the data the run was trained on), in the data's "
+                                   "units: a CSV with a date column at the series' step, and a plot. An image-"
+                                   "classification run: label an image file, or every image below a folder, with "
+                                   "its top-k classes and probabilities (a CSV, one row per file).")
     p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("input", nargs="?", default=None, metavar="INPUT",
+                   help="classify runs: the image file or folder to label; forecast runs: as --data")
     p.add_argument("--data", default=None, help="CSV of the run's columns to forecast from (default: the run's data)")
-    p.add_argument("--out", default=None, help="forecast CSV (default RUN_DIR/future.csv)")
+    p.add_argument("--out", default=None,
+                   help="forecast CSV (default RUN_DIR/future.csv), or labels CSV (default RUN_DIR/labels.csv)")
+    p.add_argument("--top-k", type=positive_int, default=None,
+                   help="classify runs: classes listed per image (default 5; at most the run's classes)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="classify runs: label the readable images when some files are not, and list those")
     p.add_argument("--plot", default=None,
                    help="plot of the recent history and the forecast (default RUN_DIR/future.png)")
     p.add_argument("--plot-columns", default=None, metavar="A,B,...",
                    help="variates to draw (default: the first 4)")
-    p.add_argument("--checkpoint", choices=("auto", "validated", "refit"), default="auto",
+    p.add_argument("--checkpoint", choices=("auto", "validated", "refit"), default=None,
                    help="the run's model to use: auto (its refit when it has one), validated, refit")
     _missing_option(p, None)
     p.set_defaults(func=_predict)
@@ -201,17 +217,44 @@ def _predict(args: argparse.Namespace) -> int:
     from mambamixer.tasks.common import run_task
     from mambamixer.tasks.predict import predict_run
 
-    if run_task(args.run_dir) == "classify":
-        raise ValueError(f"{args.run_dir} is an image classification run; `predict` forecasts with forecasting "
-                         f"runs only (labelling images is not available yet)")
+    if args.input is not None and args.data is not None:
+        raise ValueError(f"give the input once: {args.input} and --data {args.data}")
+    task = run_task(args.run_dir)
+    mine = ("--top-k", "--skip-bad") if task == "classify" else ("--data", "--plot", "--plot-columns", "--checkpoint",
+                                                                  "--missing")
+    other = [flag for flag in ("--top-k", "--skip-bad", "--plot", "--plot-columns", "--checkpoint", "--missing")
+             if flag not in mine and getattr(args, flag[2:].replace("-", "_")) not in (None, False)]
+    if other:
+        raise ValueError(f"{other[0]} does not apply to a {task} run ({args.run_dir})")
+    if task == "classify":
+        return _label_images(args)
     columns = [c.strip() for c in args.plot_columns.split(",")] if args.plot_columns else None
-    r = predict_run(args.run_dir, data=args.data, out=args.out, plot=args.plot, columns=columns,
-                    missing=args.missing, checkpoint=args.checkpoint)
+    r = predict_run(args.run_dir, data=args.data or args.input, out=args.out, plot=args.plot, columns=columns,
+                    missing=args.missing, checkpoint=args.checkpoint or "auto")
     future = r["forecast"]
     print(f"{len(future)} steps x {future.shape[1]} variates after {r['last_date']} of {r['data']} "
           f"(model {r['checkpoint']}):")
     print(future.head(3).to_string(float_format=lambda v: f"{v:.4g}", max_cols=8))
     print(f"wrote {r['csv']} and {r['plot']}")
+    return 0
+
+
+def _label_images(args: argparse.Namespace) -> int:
+    from mambamixer.tasks.label_images import DEFAULT_TOP_K, label_images
+
+    images = args.input or args.data
+    if images is None:
+        raise ValueError(f"{args.run_dir} is an image-classification run: give the images to label "
+                         f"(mambamixer predict {args.run_dir} IMAGE_OR_FOLDER)")
+    r = label_images(args.run_dir, images, out=args.out, top_k=args.top_k or DEFAULT_TOP_K, skip_bad=args.skip_bad)
+    labels = r["labels"]
+    for name, reason in r["skipped"]:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    skipped = f", {len(r['skipped'])} unreadable files skipped" if r["skipped"] else ""
+    print(f"{len(labels)} images of {images} labelled with the top {r['top_k']} of {r['num_classes']} classes "
+          f"(model {r['checkpoint']}){skipped}:")
+    print(labels.head(3).to_string(index=False, float_format=lambda v: f"{v:.3f}", max_cols=9))
+    print(f"wrote {r['csv']}")
     return 0
 
 
@@ -225,6 +268,7 @@ def _classify(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip,
         ema_decay=args.ema_decay, patience=args.patience, bf16=args.bf16, augment=_augment_choice(args),
         limit_train=args.limit_train, limit_eval=args.limit_eval, resume=args.resume, tta=args.tta,
+        init=args.init, freeze_backbone=args.freeze_backbone,
         **({} if args.val_fraction is None else {"val_fraction": args.val_fraction}),
     )
     return 0

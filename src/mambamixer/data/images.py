@@ -415,18 +415,25 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def pil_to_array(img: Any, img_size: int | None) -> np.ndarray:
+    """A Pillow image -> (H, W) grey or (H, W, 3) colour uint8, resized to img_size x img_size if given."""
+    from PIL import Image
+
+    # grey modes stay one channel; everything else (palette, CMYK, alpha) becomes RGB
+    img = img.convert("L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
+    if img_size is not None and img.size != (img_size, img_size):
+        img = img.resize((img_size, img_size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
 def _decode(path: Path, img_size: int | None) -> np.ndarray:
-    """One image -> (H, W) grey or (H, W, 3) colour uint8, resized to img_size x img_size if given."""
+    """One image file -> :func:`pil_to_array`; an unreadable file raises ``ValueError`` naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img.load()
-            # grey modes stay one channel; everything else (palette, CMYK, alpha) becomes RGB
-            img = img.convert("L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-            if img_size is not None and img.size != (img_size, img_size):
-                img = img.resize((img_size, img_size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return pil_to_array(img, img_size)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 

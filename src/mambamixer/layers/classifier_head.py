@@ -24,7 +24,18 @@ class ClassifierHead(nn.Module):
             width = int(hidden_ratio * dim)
             self.mlp = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.LayerNorm(width, eps=eps))
         self.drop = nn.Dropout(drop)
+        self.width = width
         self.fc = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset(self, num_classes: int) -> None:
+        """A new final Linear to ``num_classes`` (truncated normal, std 0.02; zero bias), on the device
+        and in the dtype of the head; ``num_classes=0`` leaves the pooled, normalised features."""
+        ref = self.norm.weight
+        self.fc = nn.Linear(self.width, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else (
+            nn.Identity())
+        if isinstance(self.fc, nn.Linear):
+            nn.init.trunc_normal_(self.fc.weight, std=0.02)
+            nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.drop(self.mlp(self.norm(x.mean(dim=(1, 2))))))

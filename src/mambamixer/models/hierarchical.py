@@ -8,7 +8,8 @@
 A family builds ``stem``, ``stages`` (an ``nn.ModuleList``), ``head`` and ``feature_info``
 (one ``{"num_chs", "reduction", "module"}`` per stage, as timm's ``feature_info``) and calls
 ``_init_backbone``; this class supplies the input checks, ``forward_features``, ``features_only``
-and ``out_indices``. A family whose down-sampling pads odd grids (ViM2's patch merging) sets
+and ``out_indices``, and timm's ``forward_head`` / ``get_classifier`` / ``reset_classifier``
+(models/classifier.py). A family whose down-sampling pads odd grids (ViM2's patch merging) sets
 ``input_multiple`` to its stem's patch size: the image sides need only be multiples of that, and
 a stage's map is then ceil(side / reduction) on a side. Feature maps are returned channels-first
 (batch, C, H, W), the layout detection and segmentation necks expect.
@@ -22,8 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mambamixer.models.classifier import ClassifierMixin
 
-class HierarchicalBackbone(nn.Module):
+
+class HierarchicalBackbone(ClassifierMixin, nn.Module):
     """Base class; see the module docstring for the contract a family fulfils."""
 
     stem: nn.Module
@@ -78,4 +81,8 @@ class HierarchicalBackbone(nn.Module):
         features = self.forward_features(x)
         if self.features_only:
             return [features[i].permute(0, 3, 1, 2).contiguous() for i in self.out_indices]
-        return self.head(features[-1])
+        return self.forward_head(features[-1])
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """The last stage's map (batch, H, W, dims[-1]) -> logits (batch, num_classes)."""
+        return self.head(x)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mambamixer.layers.attention import TransformerEncoder
 from mambamixer.layers.classifier_head import ClassifierHead
+from mambamixer.models.classifier import ClassifierMixin
 from mambamixer.models.pretrained import PretrainedMixin
 from mambamixer.models.registry import register_model
 
@@ -44,7 +45,7 @@ class ViTConfig:
     attn_dropout: float = 0.0  # on the attention probabilities
 
 
-class ViT(PretrainedMixin, nn.Module):
+class ViT(PretrainedMixin, ClassifierMixin, nn.Module):
     """Vision Transformer classifier; see the module docstring."""
 
     config_class = ViTConfig

@@ -48,6 +48,7 @@ from mambamixer.tasks.common import (
     prepare_out,
     resume_state,
 )
+from mambamixer.tasks.finetune import load_init
 from mambamixer.training import distributed
 from mambamixer.training.checkpoint import STATE_NAME, save_checkpoint
 from mambamixer.training.distributed import Context, EpochSampler
@@ -293,7 +294,7 @@ def _image_size(data: ImageData, img_size: int | None) -> int:
 
 
 def run_classify(
-    model: str,
+    model: str | None,
     data: str = "digits",
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -319,6 +320,8 @@ def run_classify(
     device: str | torch.device | None = None,
     resume: bool = False,
     tta: str | None = None,
+    init: str | os.PathLike | None = None,
+    freeze_backbone: bool = False,
 ) -> dict[str, Any]:
     """Train vision model ``model`` on ``data`` and write the run folder; returns the metrics dict.
 
@@ -333,10 +336,18 @@ def run_classify(
     ``torchrun``). ``resume=True`` continues the
     interrupted run in ``out`` (same arguments) from its ``train_state.pt``. Writes into ``out``:
     ``metrics.json``, ``checkpoint/``, ``train_state.pt``, ``confusion_matrix.png`` and ``.csv``,
-    ``predictions.png``, ``training_curves.png``.
+    ``predictions.png``, ``training_curves.png``. ``init``: start from the weights of a run, checkpoint or
+    saved model (``model`` None takes its model; a new head for another class count), ``freeze_backbone``
+    trains only the classifier (tasks/finetune.py).
     """
     started = time.perf_counter()
     # 1. check every argument before anything is read or written
+    init_source = load_init(init, model) if init is not None else None
+    model = init_source.model_name if init_source is not None else model
+    if model is None:
+        raise ValueError("no model: give one (--model NAME), or --init a trained run to take it from")
+    if freeze_backbone and init_source is None:
+        raise ValueError("--freeze-backbone needs --init: the trained backbone to keep")
     if model_task(model) != "vision":  # unknown names raise ValueError with suggestions
         raise ValueError(f"model {model!r} is a {model_task(model)} model, not an image classifier")
     check_data_argument(data)
@@ -385,13 +396,17 @@ def run_classify(
         aug = augment or None
     transform = ImageTransform(ds.mean, ds.std, img_size=size, augment=aug)
     seed_everything(seed)
-    net = build_vision_model(model, ds.num_classes, ds.in_chans, size, overrides)
+    if init_source is None:
+        net, init_record = build_vision_model(model, ds.num_classes, ds.in_chans, size, overrides), None
+    else:
+        net, init_record = init_source.start(ds.num_classes, ds.in_chans, size, overrides, freeze_backbone,
+                                             announce=ctx.is_main)
     distributed.seed_rank(seed, ctx)  # same initial weights everywhere, own augmentation and dropout per rank
     net.to(dev)
     _shape_check(net, model, ds, transform, dev, bf16)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    n_params = sum(p.numel() for p in net.parameters())
 
     data_path = Path(data).expanduser()
     run = {
@@ -403,7 +418,7 @@ def run_classify(
         "classes": ds.classes, "mean": ds.mean, "std": ds.std, "split": ds.split, "val_fraction": val_fraction,
         "limit_train": limit_train, "limit_eval": limit_eval,
         "augment": dataclasses.asdict(aug) if aug is not None else None, "tta": tta, "seed": seed,
-        "model_overrides": overrides,
+        "model_overrides": overrides, "init": init_record,
         "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay",
                                            "warmup_epochs", "label_smoothing", "grad_clip", "patience",
                                            "ema_decay")},

@@ -24,7 +24,7 @@ from mambamixer.training.plots import plot_future
 DEFAULT_PLOT_COLUMNS = 4  # variates drawn when none are chosen: the first few
 
 
-def _writable_file(path: Path, what: str) -> Path:
+def writable_file(path: Path, what: str) -> Path:
     if path.is_dir():
         raise ValueError(f"{what} {path} is a folder; expected a file name")
     if not path.parent.is_dir():
@@ -53,8 +53,8 @@ def predict_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
     ``columns``: the variates drawn). Returns the forecast frame and where it went."""
     run_dir = Path(run_dir)
     forecaster = Forecaster.from_run(run_dir, checkpoint, device)
-    out = _writable_file(Path(out) if out is not None else run_dir / "future.csv", "the forecast")
-    plot = _writable_file(Path(plot) if plot is not None else run_dir / "future.png", "the plot")
+    out = writable_file(Path(out) if out is not None else run_dir / "future.csv", "the forecast")
+    plot = writable_file(Path(plot) if plot is not None else run_dir / "future.png", "the plot")
     drawn = plot_columns(forecaster.columns, columns)
     series = forecaster.read(data, missing)
     keep = [series.path.resolve(), *(p.resolve() for d in ("checkpoint", "refit") for p in (run_dir / d).glob("*"))]
@@ -76,4 +76,4 @@ def predict_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = Non
             "data": series.path, "last_date": series.dates[-1]}
 
 
-__all__ = ["predict_run"]
+__all__ = ["plot_columns", "predict_run", "writable_file"]

@@ -69,6 +69,15 @@ def read_run(directory: str | os.PathLike) -> dict[str, Any]:
     return run
 
 
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a saved model: ``{"model_class": ..., "config": {...}}``."""
+    path = Path(directory) / CONFIG_NAME
+    blob = _read_json(path)
+    if not isinstance(blob.get("config"), dict):
+        raise ValueError(f"{path} has no 'config' object")
+    return blob
+
+
 def load_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint folder (on CPU, in eval mode); returns ``(model, run)``.
 
@@ -76,10 +85,8 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, 
     """
     directory = Path(directory)
     run = read_run(directory)
-    blob = _read_json(directory / CONFIG_NAME)
-    config = blob.get("config")
-    if not isinstance(config, dict):
-        raise ValueError(f"{directory / CONFIG_NAME} has no 'config' object")
+    blob = read_config(directory)
+    config = blob["config"]
     name = run["model_name"]
     try:
         model = create_model(name, **config)
