@@ -223,7 +223,9 @@ class StreamLoader:
     ``workers`` DataLoader processes (0: in this process). Exposes ``sampler`` and ``batch_size`` as the
     training loop expects (an :class:`EpochSampler` skips a resumed epoch's first batches by index).
 
-    Memory: ``workers x prefetch`` batches in flight, whatever the number of files.
+    Memory: ``workers x prefetch`` batches in flight, whatever the number of files. The DataLoader's
+    own seed draws come from a private generator, so the global RNG (flips, erasing, dropout, which a
+    resumed run restores) does not depend on the number of workers or of loaders made.
     """
 
     PREFETCH = 2  # batches each worker keeps ready
@@ -234,7 +236,8 @@ class StreamLoader:
         self.sampler, self.batch_size = sampler, batch_size
         self.loader = DataLoader(_FileDataset(split, seed, crop_scale), batch_size=batch_size, sampler=sampler,
                                  num_workers=workers, persistent_workers=workers > 0 and sampler is not None,
-                                 prefetch_factor=self.PREFETCH if workers else None, pin_memory=pin_memory)
+                                 prefetch_factor=self.PREFETCH if workers else None, pin_memory=pin_memory,
+                                 generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
 
     def __len__(self) -> int:
         return len(self.loader)
