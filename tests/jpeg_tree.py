@@ -28,9 +28,10 @@ def fashion_arrays(shared_data: Path, split: str) -> tuple[np.ndarray, np.ndarra
 
 
 def write_jpeg_tree(root: Path, shared_data: Path, n_train: int, n_val: int, seed: int = 0,
-                    sizes: tuple[int, int] = SIZES, quality: int = 90) -> Path:
+                    sizes: tuple[int, int] = SIZES, quality: int = 90, mode: str = "L") -> Path:
     """ROOT/train/<label>/<i>.jpg from the first ``n_train`` Fashion-MNIST training images and ROOT/val/... from
-    the first ``n_val`` test images, each upscaled (bicubic) to a seeded random square size in ``sizes``."""
+    the first ``n_val`` test images, each upscaled (bicubic) to a seeded random square size in ``sizes``, saved
+    grey (``mode="L"``) or as three-component colour JPEGs (``"RGB"``, the decoding cost of photos)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -43,5 +44,5 @@ def write_jpeg_tree(root: Path, shared_data: Path, n_train: int, n_val: int, see
         for i in range(n):
             side = int(rng.integers(sizes[0], sizes[1] + 1))
             img = Image.fromarray(x[i], mode="L").resize((side, side), Image.Resampling.BICUBIC)
-            img.save(root / part / str(y[i]) / f"{i}.jpg", quality=quality)
+            img.convert(mode).save(root / part / str(y[i]) / f"{i}.jpg", quality=quality)
     return root

@@ -108,10 +108,11 @@ def eval_box(width: int, height: int, img_size: int, eval_crop: float = EVAL_CRO
     return left * sx, top * sy, (left + img_size) * sx, (top + img_size) * sy
 
 
-def read_image(path: Path, img_size: int, grey: bool, box_of: Any) -> np.ndarray:
+def read_image(path: Path, img_size: int, grey: bool, box_of: Any, draft: bool = True) -> np.ndarray:
     """Decode the region ``box_of(width, height)`` of an image, resized (bilinear, antialiased) to img_size
     x img_size: (S, S) uint8 when ``grey``, else (S, S, 3). A JPEG is decoded at the smallest reduction that
-    keeps the region at least img_size pixels on each side. Bad files raise ``ValueError`` naming them."""
+    keeps the region at least img_size pixels on each side (``draft=False``: at full size, for comparison).
+    Bad files raise ``ValueError`` naming them."""
     from PIL import Image, UnidentifiedImageError
 
     mode = "L" if grey else "RGB"
@@ -120,7 +121,8 @@ def read_image(path: Path, img_size: int, grey: bool, box_of: Any) -> np.ndarray
             width, height = img.size
             left, top, right, bottom = box_of(width, height)
             need = (math.ceil(width * img_size / (right - left)), math.ceil(height * img_size / (bottom - top)))
-            img.draft(mode, need)  # JPEG: DCT-domain downscaling by 1/2, 1/4 or 1/8; other formats: no-op
+            if draft:
+                img.draft(mode, need)  # JPEG: DCT-domain downscaling by 1/2, 1/4 or 1/8; other formats: no-op
             fx, fy = img.size[0] / width, img.size[1] / height
             img = img.convert(mode) if img.mode != mode else img
             out = img.resize((img_size, img_size), Image.Resampling.BILINEAR,
@@ -178,7 +180,7 @@ class FileSplit:
 
 
 class _FileDataset(Dataset):
-    """Items ``(image (C, S, S) uint8, label, index, error "")``: the random-resized crop of area ``crop_scale``
+    """Items ``(image (C, S, S) uint8 array, label, index, error "")``: the random-resized crop of area ``crop_scale``
     seeded by (seed, epoch, index), or (``crop_scale=None``) the evaluation crop. A file that cannot be read
     gives zeros and its error (raised by :class:`StreamLoader` in the main process, as one line)."""
 
@@ -189,7 +191,7 @@ class _FileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int, int, str]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int, int, str]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         r = self.split.reader
         if self.crop_scale is None:
@@ -206,8 +208,15 @@ class _FileDataset(Dataset):
             pixels = read_image(self.split.files[index], r.img_size, r.in_chans == 1, box_of)
         except ValueError as err:
             pixels, error = np.zeros((r.img_size, r.img_size, r.in_chans), dtype=np.uint8), str(err)
-        image = torch.from_numpy(pixels.reshape(r.img_size, r.img_size, -1)).permute(2, 0, 1).contiguous()
+        image = np.ascontiguousarray(pixels.reshape(r.img_size, r.img_size, -1).transpose(2, 0, 1))
         return image, int(self.split.labels[index]), index, error
+
+
+def _collate(items: list[tuple[np.ndarray, int, int, str]]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    """Stack in NumPy: torch's intra-op threads would fight the training step for the cores over a memcpy."""
+    images, labels, indices, errors = zip(*items, strict=True)
+    return (torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long),
+            torch.tensor(indices, dtype=torch.long), list(errors))
 
 
 class StreamSampler(EpochSampler):
@@ -235,7 +244,8 @@ class StreamLoader:
         workers = split.reader.workers
         self.sampler, self.batch_size = sampler, batch_size
         self.loader = DataLoader(_FileDataset(split, seed, crop_scale), batch_size=batch_size, sampler=sampler,
-                                 num_workers=workers, persistent_workers=workers > 0 and sampler is not None,
+                                 collate_fn=_collate, num_workers=workers,
+                                 persistent_workers=workers > 0 and sampler is not None,
                                  prefetch_factor=self.PREFETCH if workers else None, pin_memory=pin_memory,
                                  generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
 
