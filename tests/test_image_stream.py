@@ -249,3 +249,34 @@ def test_classify_streams_end_to_end_and_resumes_mid_epoch(tree: Path, tmp_path:
     for key in ("test_top1", "test_loss", "val_top1", "val_loss"):
         assert resumed[key] == metrics[key], key
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in metrics["history"]]
+
+
+@pytest.mark.slow
+def test_peak_rss_at_70000_files_within_10_percent_of_7000(shared_data: Path, tmp_path_factory) -> None:
+    """The issue's measurement: 20 batches of 64 at 224 px with 2 workers, each tree size in its own process."""
+    from bench_helpers import load_benchmark
+
+    bench = load_benchmark("image_stream")
+    root = tmp_path_factory.mktemp("trees")
+    args = type("Args", (), {"root": root, "files_list": [7000, 70000], "sizes": (40, 160), "img_size": 224,
+                             "workers": [2], "batches": 20, "batch": 64})()
+    result = bench.rss(args)
+    small, large = result["7000"], result["70000"]
+    assert (small["files"], large["files"]) == (7000, 70000)
+    assert large["peak_rss_mb"] <= 1.1 * small["peak_rss_mb"], result
+    assert large["largest_worker_peak_rss_mb"] <= 1.1 * small["largest_worker_peak_rss_mb"], result
+
+
+@pytest.mark.slow
+def test_streamed_training_matches_the_in_memory_accuracy(shared_data: Path, tmp_path_factory) -> None:
+    """vim2_femto through `classify`, 3 epochs on 6,000 of the 70,000-file tree's training images (2,000 test),
+    in memory and streamed with the in-memory recipe: test top-1 within 1 point."""
+    from bench_helpers import load_benchmark
+
+    bench = load_benchmark("image_stream")
+    args = type("Args", (), {"root": tmp_path_factory.mktemp("trees"), "files": 70000, "sizes": (40, 160),
+                             "img_size": 28, "model": "vim2_femto", "epochs": 3, "limit_train": 6000,
+                             "limit_eval": 2000})()
+    result = bench.accuracy(args)
+    memory, stream = result["memory"]["test_top1"], result["stream, the in-memory recipe"]["test_top1"]
+    assert abs(memory - stream) <= 0.01, result

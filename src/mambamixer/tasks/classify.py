@@ -398,8 +398,8 @@ def run_classify(
     # 2. data, model, one trial forward; only then the output folder
     if not 0.0 < crop_scale <= 1.0:
         raise ValueError(f"crop_scale must be in (0, 1], got {crop_scale!r}")
-    ds, data_mode = load_images(data, data_mode, data_dir, img_size, val_fraction, limit_train, limit_eval, workers,
-                                eval_crop)
+    ds, _ = load_images(data, data_mode, data_dir, img_size, val_fraction, limit_train, limit_eval, workers,
+                        eval_crop)
     streamed = isinstance(ds.train, FileSplit)
     size = _image_size(ds, img_size)
     if augment is True or isinstance(augment, str):
