@@ -120,7 +120,7 @@ def throughput(args: argparse.Namespace) -> dict:
         data = _stream(folder, args.img_size, workers)
         out["loader_images_per_second"][str(workers)] = _loader_rate(data.train, args.batch, args.batches)
         print(f"loader, {workers} workers: {out['loader_images_per_second'][str(workers)]:.0f} images/s", flush=True)
-    files = data.train.files[: args.batch * args.batches]
+    files = [data.train.path(i) for i in range(min(args.batch * args.batches, len(data.train)))]
     out["decode_draft"] = _decode_rate(files, args.img_size, draft=True)
     out["decode_full"] = _decode_rate(files, args.img_size, draft=False)
     out["decode_simplejpeg"] = _simplejpeg_rate(files, args.img_size)

@@ -203,8 +203,9 @@ def test_automatic_choice_follows_the_decoded_size(tree: Path) -> None:
 
 def test_a_bad_file_is_named_in_one_line(streamed, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "broken.jpg"
-    bad.write_bytes(streamed.train.files[0].read_bytes()[:200])  # a truncated JPEG
-    split = FileSplit([*streamed.train.files[:7], bad], streamed.train.labels[:8], FileReader(SIZE, 1, workers=1))
+    bad.write_bytes(streamed.train.path(0).read_bytes()[:200])  # a truncated JPEG
+    files = [streamed.train.path(i) for i in range(7)] + [bad]
+    split = FileSplit(files, streamed.train.labels[:8], FileReader(SIZE, 1, workers=1))
     with pytest.raises(ValueError, match="cannot read image .*broken.jpg") as err:
         list(eval_batches(split, 4))
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
