@@ -171,7 +171,7 @@ def _stream_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-mode", choices=("auto", "memory", "stream"), default="auto",
                    help="memory: decode every image up front; stream: decode each batch in DataLoader workers; "
                         "auto (default): stream a folder larger than 2 GiB decoded")
-    g.add_argument("--workers", type=non_negative_int, default=None,
+    g.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
                    help="streamed: DataLoader worker processes per process (default min(8, CPU cores per process); "
                         "0 decodes in the training process)")
     g.add_argument("--crop-scale", type=unit_fraction, default=0.08, metavar="LOW",
