@@ -34,6 +34,13 @@ def folder_tta_args(folder: str, out: Path) -> list[str]:
             "--quiet", "--out", str(out)]
 
 
+def folder_stream_args(folder: str, out: Path) -> list[str]:
+    """A two-epoch run of the streamed ImageFolder, one DataLoader worker a process (equal on one process and two)."""
+    return ["classify", "--model", "vit_test", "--data", folder, "--img-size", "8", "--data-mode", "stream",
+            "--workers", "1", "--epochs", "2", "--batch-size", "8", "--warmup-epochs", "0", "--no-augment", "--set",
+            "dropout=0", "--set", "patch_size=2", "--quiet", "--out", str(out)]
+
+
 def run_all(out: Path, csv: str, folder: str) -> dict[str, int]:
     codes = {
         # equivalence with one process: no dropout, no augmentation, no BatchNorm
@@ -44,6 +51,8 @@ def run_all(out: Path, csv: str, folder: str) -> dict[str, int]:
                                  *SOS_TINY]),
         # test-time augmentation on each rank's share of the test images, the sums all-reduced
         "tta": main(folder_tta_args(folder, out / "tta")),
+        # the streamed ImageFolder: each rank decodes only its shard
+        "stream": main(folder_stream_args(folder, out / "stream")),
         # exact resume across processes, with dropout
         "uninterrupted": main(forecast_args("tsm2", csv, out / "uninterrupted", *TSM2_TINY)),
     }

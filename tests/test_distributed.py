@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_driver import CLASSIFY, folder_tta_args, forecast_args
+from ddp_driver import CLASSIFY, folder_stream_args, folder_tta_args, forecast_args
 from forecast_helpers import make_series_csv
 from image_helpers import make_folder
 
@@ -50,7 +50,7 @@ def _close(a: float, b: float, rel: float = 1e-5) -> bool:
 def test_exit_codes(ddp) -> None:
     root, _, _ = ddp
     assert json.loads((root / "exit_codes.json").read_text()) == {
-        "forecast": 0, "classify": 0, "switch_of_scans": 0, "tta": 0, "uninterrupted": 0, "stopped": 130,
+        "forecast": 0, "classify": 0, "switch_of_scans": 0, "tta": 0, "stream": 0, "uninterrupted": 0, "stopped": 130,
         "resumed": 0}
 
 
@@ -90,6 +90,20 @@ def test_flip_tta_on_two_processes_equals_one(ddp, tmp_path: Path) -> None:
     assert two["test_tta_loss"] != two["test_loss"]  # the mirrored views changed the scores
 
 
+def test_streamed_folder_on_two_processes_equals_one(ddp, tmp_path: Path) -> None:
+    """Two ranks read disjoint halves of each global batch (tests/test_image_stream.py checks the shards): the
+    losses of one process with the same global batch."""
+    root, _, _ = ddp
+    assert main(folder_stream_args(str(root / "pets"), tmp_path / "single")) == 0
+    one, two = _metrics(tmp_path / "single"), _metrics(root / "stream")
+    assert two["run"]["processes"] == 2 and two["run"]["data_mode"] == one["run"]["data_mode"] == "stream"
+    assert two["test_images"] == one["test_images"] > 0
+    assert [h["samples"] for h in two["history"]] == [h["samples"] for h in one["history"]]
+    for key in ("test_loss", "val_loss"):
+        assert _close(two[key], one[key]), (key, two[key], one[key])
+    assert all(_close(a["train_loss"], b["train_loss"]) for a, b in zip(one["history"], two["history"], strict=True))
+
+
 def test_resume_on_two_processes_is_exact(ddp) -> None:
     root, _, _ = ddp
     whole, resumed = _metrics(root / "uninterrupted"), _metrics(root / "resumed")
@@ -100,7 +114,7 @@ def test_resume_on_two_processes_is_exact(ddp) -> None:
 
 def test_rank_zero_alone_writes_and_prints(ddp) -> None:
     root, _, proc = ddp
-    assert proc.stdout.count("test MSE") == 3 and proc.stdout.count("test top-1") == 3  # 3 forecasts, 3 classify
+    assert proc.stdout.count("test MSE") == 3 and proc.stdout.count("test top-1") == 4  # 3 forecasts, 4 classify
     assert proc.stderr.count("SIGINT: stopped at epoch 2, step 7 of 23") == 1
     assert not list(root.rglob("*.tmp"))
     assert sorted(p.name for p in (root / "forecast").iterdir()) == [

@@ -125,8 +125,6 @@ def test_a_file_a_nested_folder_and_the_api(clothes_run: tuple[Path, Path], tmp_
     assert probs.shape == (3, 3) and torch.allclose(probs.sum(1), torch.ones(3))
     with pytest.raises(ValueError, match=r"expected images \(1, height, width\)"):
         classifier.predict(torch.zeros(3, 28, 28, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="needs a run trained in memory"):  # not silently another preprocessing
-        Classifier(classifier.net, {**classifier.run, "data_mode": "stream"})
 
 
 def test_colour_run_reads_grey_files_as_its_training_did(tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from mambamixer.data.augment import ImageTransform
-from mambamixer.data.image_files import list_image_files, pil_image_tensor, read_image
+from mambamixer.data.image_files import list_image_files, pil_image_tensor, read_image, to_channels
+from mambamixer.data.image_stream import eval_box, resize_region
+from mambamixer.data.image_stream import read_image as read_region
 from mambamixer.data.images import dataset_name
 from mambamixer.tasks.common import load_run_checkpoint, pick_device
 from mambamixer.training.trainer import autocast
@@ -48,10 +50,8 @@ class Classifier:
         training = run.get("training") or {}
         self.bf16 = bool(training.get("bf16"))
         self.batch_size = int(training.get("eval_batch_size") or DEFAULT_BATCH_SIZE)
-        if run.get("data_mode", "memory") != "memory":
-            # a streamed run evaluates on a shorter-side resize and centre crop made while decoding
-            raise ValueError(f"labelling images needs a run trained in memory; this run's data were "
-                             f"{run['data_mode']!r}, whose evaluation crop is not reproduced here yet")
+        # a streamed run evaluated on a shorter-side resize and centre crop made while decoding
+        self.eval_crop = run.get("eval_crop") if run.get("data_mode", "memory") == "stream" else None
         # an ImageFolder run decodes its files at --img-size; a built-in dataset is stored at its own size
         self.decode_size = run.get("decode_size") if dataset_name(run["data"]) is None else None
 
@@ -75,6 +75,10 @@ class Classifier:
 
     def read(self, path: Path) -> Tensor:
         """One image file -> (in_chans, H, W) uint8, decoded as the run's training data."""
+        if self.eval_crop is not None:
+            size, crop = int(self.run["img_size"]), float(self.eval_crop)
+            region = read_region(path, size, self.in_chans == 1, lambda w, h: eval_box(w, h, size, crop))
+            return to_channels(region, self.in_chans)
         return read_image(path, self.in_chans, self.decode_size)
 
     def image(self, x: Any) -> Tensor:
@@ -90,6 +94,10 @@ class Classifier:
                                  f"[{x.min().item()}, {x.max().item()}]")
             return x.float() * 255.0  # the transform divides by 255, as for uint8
         if hasattr(x, "convert") and hasattr(x, "mode"):
+            if self.eval_crop is not None:
+                size = int(self.run["img_size"])
+                box = eval_box(x.size[0], x.size[1], size, float(self.eval_crop))
+                return to_channels(resize_region(x, size, "L" if self.in_chans == 1 else "RGB", box), self.in_chans)
             return pil_image_tensor(x, self.in_chans, self.decode_size)
         raise ValueError(f"expected an image path, a Pillow image or a tensor, got {type(x).__name__}")
 

@@ -43,6 +43,7 @@ positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 fraction = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+unit_fraction = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def parse_value(text: str) -> Any:
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune: start from the weights of a classify run, a checkpoint folder or a saved model "
                         "(the head is re-created when the class count differs)")
     p.add_argument("--freeze-backbone", action="store_true", help="with --init: train only the classifier")
+    _stream_options(p)
     _run_options(p, out_default="runs/classify-MODEL-DATA", set_example="drop_path_rate=0.1",
                  patience_help="early-stopping patience in epochs (default and 0: run every epoch)")
     p.set_defaults(func=_classify)
@@ -177,6 +179,23 @@ def _missing_option(p: argparse.ArgumentParser, default: str | None) -> None:
                    help="missing values (NaN, empty cells): error, ffill (forward then backward fill) or "
                         "interpolate (linear in time)" + (" (default: the run's)" if default is None else
                                                           f" (default: {default})"))
+
+
+def _stream_options(p: argparse.ArgumentParser) -> None:
+    """classify: how an ImageFolder is read (docs/vision_data.md)."""
+    g = p.add_argument_group("reading an ImageFolder (docs/vision_data.md)")
+    g.add_argument("--data-mode", choices=("auto", "memory", "stream"), default="auto",
+                   help="memory: decode every image up front; stream: decode each batch in DataLoader workers; "
+                        "auto (default): stream a folder larger than 2 GiB decoded")
+    g.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
+                   help="streamed: DataLoader worker processes per process (default min(8, CPU cores per process); "
+                        "0 decodes in the training process)")
+    g.add_argument("--crop-scale", type=unit_fraction, default=0.08, metavar="LOW",
+                   help="streamed: training images get a random-resized crop of LOW to all of their area (default "
+                        "0.08), in place of --augment's crop; 1: decoded as evaluation images")
+    g.add_argument("--eval-crop", type=unit_fraction, default=0.875, metavar="FRACTION",
+                   help="streamed: evaluation resizes the shorter side to img-size / FRACTION and takes the centre "
+                        "img-size square (default 0.875: 256 then 224)")
 
 
 def _run_options(p: argparse.ArgumentParser, out_default: str, set_example: str, patience_help: str) -> None:
@@ -270,6 +289,7 @@ def _classify(args: argparse.Namespace) -> int:
         limit_train=args.limit_train, limit_eval=args.limit_eval, resume=args.resume, tta=args.tta,
         init=args.init, freeze_backbone=args.freeze_backbone,
         **({} if args.val_fraction is None else {"val_fraction": args.val_fraction}),
+        data_mode=args.data_mode, workers=args.workers, crop_scale=args.crop_scale, eval_crop=args.eval_crop,
     )
     return 0
 

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["FLIP_SCHEDULES", "TTA_MODES", "AlternatingFlips", "AugmentConfig", "ImageTransform", "check_tta",
-           "default_augment", "flips_fit", "parse_augment", "random_crop", "random_erase", "random_hflip", "tta_views"]
+           "default_augment", "describe_augment", "flips_fit", "parse_augment", "random_crop", "random_erase",
+           "random_hflip", "tta_views"]
 
 TTA_MODES = ("flip",)  # test-time augmentation: the image and its mirror
 FLIP_SCHEDULES = ("random", "alternate")  # which images a training epoch mirrors
@@ -196,3 +197,15 @@ class ImageTransform:
     def describe(self) -> dict[str, Any]:
         return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(), "img_size": self.img_size,
                 "augment": None if self.augment is None else asdict(self.augment)}
+
+
+def describe_augment(augment: AugmentConfig | None) -> str:
+    """The augmentation as a ``parse_augment`` spec ("crop=3,flip,erase=0.25"), or "none": printed at a run's start."""
+    if augment is None:
+        return "none"
+    parts = [f"crop={augment.crop_padding}"] if augment.crop_padding else []
+    if augment.hflip:
+        parts.append("flip" if augment.flip_schedule == "random" else f"flip={augment.flip_schedule}")
+    if augment.erase_prob:
+        parts.append(f"erase={augment.erase_prob:g}")
+    return ",".join(parts) or "none"

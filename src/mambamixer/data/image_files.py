@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mambamixer.data.images import IMAGE_EXTENSIONS, _decode, pil_to_array
+from mambamixer.data.image_folder import IMAGE_EXTENSIONS, decode_image, pil_to_array
 
 __all__ = ["list_image_files", "pil_image_tensor", "read_image", "to_channels"]
 
@@ -62,7 +62,7 @@ def to_channels(image: np.ndarray, in_chans: int) -> Tensor:
 def read_image(path: Path, in_chans: int, decode_size: int | None = None) -> Tensor:
     """One image file -> (in_chans, H, W) uint8 (``decode_size``: resized to a square while decoding);
     an unreadable file raises ``ValueError`` naming it."""
-    return to_channels(_decode(path, decode_size), in_chans)
+    return to_channels(decode_image(path, decode_size), in_chans)
 
 
 def pil_image_tensor(image: Any, in_chans: int, decode_size: int | None = None) -> Tensor:

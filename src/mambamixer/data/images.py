@@ -25,22 +25,21 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mambamixer.data.download import fetch, resolve_data_dir
+from mambamixer.data.image_folder import load_image_folder
 
-__all__ = ["DATASETS", "BatchLoader", "ImageData", "ImageSplit", "load_image_data", "parse_idx", "read_cifar_batch",
-           "read_idx", "stratified_split"]
+__all__ = ["DATASETS", "BatchLoader", "ImageData", "ImageSplit", "Split", "check_split_arguments", "form_splits",
+           "load_image_data", "parse_idx", "read_cifar_batch", "read_idx", "stratified_split"]
 
 VAL_FRACTION = 0.1  # part of the training images held out for best-epoch selection
 TEST_FRACTION = 0.2  # digits / ImageFolder trees without a test folder
 SPLIT_SEED = 0  # fixed, not the training seed: every run of a dataset sees the same splits
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 
 # ----------------------------------------------------------------------------------- containers
@@ -64,19 +63,38 @@ class ImageSplit:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    @property
+    def in_chans(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
     def subset(self, index: Tensor) -> ImageSplit:
         return ImageSplit(self.images[index], self.labels[index])
 
 
+class Split(Protocol):
+    """What :func:`form_splits` needs of a split: in memory (:class:`ImageSplit`) or streamed from files."""
+
+    labels: Tensor
+
+    def __len__(self) -> int: ...
+
+    def subset(self, index: Tensor) -> Self: ...
+
+
 @dataclass
 class ImageData:
-    """A dataset ready for training: three splits, class names, and training-split statistics."""
+    """A dataset ready for training: three splits (in memory, or files streamed by ``data/image_stream.py``),
+    class names, and training-split statistics."""
 
     name: str
     classes: list[str]
-    train: ImageSplit
-    val: ImageSplit
-    test: ImageSplit
+    train: Any  # ImageSplit or image_stream.FileSplit, the same kind for all three
+    val: Any
+    test: Any
     mean: list[float]  # per channel, pixel values scaled to [0, 1], over the training split
     std: list[float]
     source: str  # the files or folder read
@@ -88,11 +106,11 @@ class ImageData:
 
     @property
     def in_chans(self) -> int:
-        return int(self.train.images.shape[1])
+        return self.train.in_chans
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+        return self.train.image_size
 
     def describe(self) -> str:
         h, w = self.image_size
@@ -403,118 +421,6 @@ def _load_digits() -> tuple[ImageSplit, list[str], str]:
     return split, [str(n) for n in bunch.target_names], "sklearn.datasets.load_digits"
 
 
-# ---------------------------------------------------------------------------------- ImageFolder
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def pil_to_array(img: Any, img_size: int | None) -> np.ndarray:
-    """A Pillow image -> (H, W) grey or (H, W, 3) colour uint8, resized to img_size x img_size if given."""
-    from PIL import Image
-
-    # grey modes stay one channel; everything else (palette, CMYK, alpha) becomes RGB
-    img = img.convert("L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-    if img_size is not None and img.size != (img_size, img_size):
-        img = img.resize((img_size, img_size), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def _decode(path: Path, img_size: int | None) -> np.ndarray:
-    """One image file -> :func:`pil_to_array`; an unreadable file raises ``ValueError`` naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return pil_to_array(img, img_size)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
-
-
-def _read_folder_split(root: Path, classes: list[str] | None, img_size: int | None,
-                       what: str) -> tuple[list[np.ndarray], list[int], list[str], list[Path]]:
-    """Decode every image of ROOT/CLASS/*; ``classes`` fixes the label order (taken from ROOT if None)."""
-    folders = _class_folders(root)
-    names = [f.name for f in folders]
-    if classes is None:
-        classes = names
-        if not folders:
-            raise ValueError(f"ImageFolder {root} has no class sub-folders: expected ROOT/CLASS_NAME/IMAGE files "
-                             f"(or ROOT/train/CLASS_NAME/...)")
-    else:
-        unknown = sorted(set(names) - set(classes))
-        if unknown:
-            raise ValueError(f"{what} folder {root} has classes that the training folder lacks: {unknown}")
-    files, labels = [], []
-    for folder in folders:
-        found = _image_files(folder)
-        if not found and what == "training":
-            raise ValueError(f"class folder {folder} has no images (expected files ending in "
-                             f"{', '.join(IMAGE_EXTENSIONS)})")
-        files += found
-        labels += [classes.index(folder.name)] * len(found)
-    if not files:
-        raise ValueError(f"ImageFolder {root} holds no images in its class sub-folders")
-    images = [_decode(p, img_size) for p in tqdm(files, desc=f"decoding {root.name}", unit="img", disable=None,
-                                                  leave=False)]
-    return images, labels, classes, files
-
-
-def _check_sizes(images: list[np.ndarray], files: list[Path]) -> None:
-    first = images[0].shape[:2]
-    for path, im in zip(files, images, strict=True):
-        if im.shape[:2] != first:
-            raise ValueError(f"the images have different sizes ({files[0]} is {first[1]}x{first[0]}, {path} is "
-                             f"{im.shape[1]}x{im.shape[0]}): give an image size (--img-size N) to resize them all")
-
-
-def _stack(images: list[np.ndarray], color: bool) -> Tensor:
-    """Decoded images of one size -> (n, C, H, W) uint8; grey ones are repeated to RGB when ``color``."""
-    if color:
-        images = [np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im for im in images]
-        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return torch.from_numpy(np.stack(images)).unsqueeze(1)
-
-
-def _load_image_folder(root: Path, img_size: int | None) -> tuple[ImageSplit, ImageSplit | None, ImageSplit | None,
-                                                                  list[str], str]:
-    """(train, val or None, test or None, classes, split note) of an ImageFolder tree."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"no ImageFolder at {root}: expected a folder of class sub-folders holding images")
-    train_root = root / "train" if (root / "train").is_dir() else root
-    parts = {"training": train_root}
-    if train_root != root:
-        for name in ("val", "test"):
-            if (root / name).is_dir():
-                parts[name] = root / name
-    decoded, classes = {}, None
-    for what, folder in parts.items():
-        images, labels, classes, files = _read_folder_split(folder, classes, img_size, what)
-        decoded[what] = (images, labels, files)
-    assert classes is not None
-    if len(classes) < 2:
-        raise ValueError(f"ImageFolder {train_root} has a single class ({classes[0]!r}): classification needs at "
-                         f"least 2 class sub-folders")
-    _check_sizes([im for images, _, _ in decoded.values() for im in images],
-                 [f for _, _, files in decoded.values() for f in files])
-    color = any(im.ndim == 3 for images, _, _ in decoded.values() for im in images)
-    splits = {what: ImageSplit(_stack(images, color), torch.tensor(labels, dtype=torch.long))
-              for what, (images, labels, _) in decoded.items()}
-    if "test" in splits:
-        note = "test = test/; " + ("validation = val/" if "val" in splits else "validation held out of train/")
-        return splits["training"], splits.get("val"), splits["test"], classes, note
-    if "val" in splits:  # the ImageNet convention: val/ is what a model is reported on
-        return splits["training"], None, splits["val"], classes, "test = val/; validation held out of train/"
-    return splits["training"], None, None, classes, "test and validation held out of the class folders"
-
-
 # ------------------------------------------------------------------------------------- dispatch
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
@@ -540,11 +446,55 @@ def check_data_argument(data: str) -> None:
                          f"ImageFolder tree (a folder of class sub-folders holding images)")
 
 
-def _seeded_subset(split: ImageSplit, n: int, seed: int) -> ImageSplit:
+def _seeded_subset(split: Split, n: int, seed: int) -> Split:
     if n >= len(split):
         return split
     keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
     return split.subset(keep.sort().values)
+
+
+def check_split_arguments(data: str, val_fraction: float, limit_train: int | None, limit_eval: int | None) -> None:
+    """``ValueError`` for an unknown dataset, a val_fraction outside [0, 1) or a limit that is no positive integer."""
+    check_data_argument(data)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    for what, limit in (("limit_train", limit_train), ("limit_eval", limit_eval)):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"{what} must be a positive integer, got {limit!r}")
+
+
+def form_splits(name: str, classes: list[str], train: Split, val: Split | None, test: Split | None, note: str,
+                val_fraction: float = VAL_FRACTION, limit_train: int | None = None,
+                limit_eval: int | None = None) -> tuple[Split, Split, Split, str]:
+    """(train, val, test, split note) of a dataset's parts, the same for in-memory and streamed splits.
+
+    A missing ``test`` is a stratified ``TEST_FRACTION`` of ``train`` (seed ``SPLIT_SEED``), a missing
+    ``val`` a stratified ``val_fraction`` of what is left (seed ``SPLIT_SEED + 1``); then the seeded
+    ``limit_train`` / ``limit_eval`` subsets. ``note`` may hold "validation held out of train/".
+    """
+    held_out = f"validation: {val_fraction:.0%} of train, stratified, seed {SPLIT_SEED + 1}"
+    if test is None:
+        kept, held = stratified_split(train.labels, TEST_FRACTION, SPLIT_SEED)
+        train, test = train.subset(kept), train.subset(held)
+        note = f"test: {TEST_FRACTION:.0%} of the images, stratified, seed {SPLIT_SEED}; {held_out}"
+    note = note.replace("validation held out of train/", held_out)
+    if val is None:
+        kept, held = stratified_split(train.labels, val_fraction, SPLIT_SEED + 1)
+        train, val = train.subset(kept), train.subset(held)
+    if limit_train is not None and limit_train < len(train):
+        train = _seeded_subset(train, limit_train, SPLIT_SEED + 2)
+        note += f"; training limited to {limit_train} images (seeded)"
+    if limit_eval is not None and max(len(val), len(test)) > limit_eval:
+        val, test = _seeded_subset(val, limit_eval, SPLIT_SEED + 3), _seeded_subset(test, limit_eval, SPLIT_SEED + 4)
+        note += f"; validation and test limited to {limit_eval} images each (seeded): not comparable to results"
+    for what, part in (("training", train), ("test", test)):
+        if len(part) == 0:
+            raise ValueError(f"{name}: the {what} split has no images")
+        bad = (part.labels < 0) | (part.labels >= len(classes))
+        if bad.any():
+            raise ValueError(f"{name}: {what} labels must lie in 0..{len(classes) - 1}, found "
+                             f"{part.labels[bad][0].item()}")
+    return train, val, test, note
 
 
 def load_image_data(
@@ -563,53 +513,27 @@ def load_image_data(
     tree has its own; ``limit_train`` keeps a seeded subset of that many training images and
     ``limit_eval`` of that many validation and test images (quick checks, not results).
     """
-    check_data_argument(data)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    for what, limit in (("limit_train", limit_train), ("limit_eval", limit_eval)):
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"{what} must be a positive integer, got {limit!r}")
+    check_split_arguments(data, val_fraction, limit_train, limit_eval)
     name = dataset_name(data)
     val: ImageSplit | None = None
-    held_out = "validation: {pct} of train, stratified, seed {seed}"
+    test: ImageSplit | None = None
     if name == "digits":
         everything, classes, source = _load_digits()
         kept, held = stratified_split(everything.labels, TEST_FRACTION, SPLIT_SEED)
         train, test = everything.subset(kept), everything.subset(held)
-        split = f"test: {TEST_FRACTION:.0%} of the 1797 images, stratified, seed {SPLIT_SEED}; {held_out}"
+        note = (f"test: {TEST_FRACTION:.0%} of the 1797 images, stratified, seed {SPLIT_SEED}; "
+                "validation held out of train/")
     elif name is not None:
         load = _load_cifar if name.startswith("cifar") else _load_idx_dataset
         train, test, classes, source = load(name, resolve_data_dir(data_dir))
-        split = f"test: the official test set; {held_out}"
+        note = "test: the official test set; validation held out of train/"
     else:
         root = Path(data).expanduser()
-        train, val, test_or_none, classes, split = _load_image_folder(root, img_size)
-        source = str(root.resolve())
-        name = root.resolve().name
-        if test_or_none is None:
-            kept, held = stratified_split(train.labels, TEST_FRACTION, SPLIT_SEED)
-            train, test = train.subset(kept), train.subset(held)
-            split = f"test: {TEST_FRACTION:.0%} of the images, stratified, seed {SPLIT_SEED}; {held_out}"
-        else:
-            test = test_or_none
-            split = split.replace("validation held out of train/", held_out)
-    if val is None:
-        kept, held = stratified_split(train.labels, val_fraction, SPLIT_SEED + 1)
-        train, val = train.subset(kept), train.subset(held)
-    split = split.format(pct=f"{val_fraction:.0%}", seed=SPLIT_SEED + 1)
-    if limit_train is not None and limit_train < len(train):
-        train = _seeded_subset(train, limit_train, SPLIT_SEED + 2)
-        split += f"; training limited to {limit_train} images (seeded)"
-    if limit_eval is not None and max(len(val), len(test)) > limit_eval:
-        val, test = _seeded_subset(val, limit_eval, SPLIT_SEED + 3), _seeded_subset(test, limit_eval, SPLIT_SEED + 4)
-        split += f"; validation and test limited to {limit_eval} images each (seeded): not comparable to results"
-    for what, part in (("training", train), ("test", test)):
-        if len(part) == 0:
-            raise ValueError(f"{name}: the {what} split has no images")
-        bad = (part.labels < 0) | (part.labels >= len(classes))
-        if bad.any():
-            raise ValueError(f"{name}: {what} labels must lie in 0..{len(classes) - 1}, found "
-                             f"{part.labels[bad][0].item()}")
+        parts, classes, note = load_image_folder(root, img_size)
+        splits = {what: ImageSplit(*tensors) for what, tensors in parts.items()}
+        train, val, test = splits["train"], splits.get("val"), splits.get("test")
+        source, name = str(root.resolve()), root.resolve().name
+    train, val, test, split = form_splits(name, classes, train, val, test, note, val_fraction, limit_train, limit_eval)
     mean, std = channel_stats(train.images)
     return ImageData(name=name, classes=classes, train=train, val=val, test=test, mean=mean, std=std, source=source,
                      split=split)

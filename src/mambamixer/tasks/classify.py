@@ -25,16 +25,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mambamixer.data.augment import AlternatingFlips, AugmentConfig, ImageTransform, check_tta, parse_augment, tta_views
-from mambamixer.data.images import (
-    VAL_FRACTION,
-    BatchLoader,
-    ImageData,
-    ImageSplit,
-    check_data_argument,
-    dataset_name,
-    load_image_data,
+from mambamixer.data.augment import (
+    AlternatingFlips,
+    AugmentConfig,
+    ImageTransform,
+    check_tta,
+    describe_augment,
+    parse_augment,
+    tta_views,
 )
+from mambamixer.data.image_stream import (
+    CROP_SCALE,
+    EVAL_CROP,
+    FileSplit,
+    StreamSampler,
+    as_image_split,
+    eval_batches,
+    load_images,
+    train_loader,
+)
+from mambamixer.data.images import VAL_FRACTION, BatchLoader, ImageData, ImageSplit, check_data_argument, dataset_name
 from mambamixer.io import atomic_write_bytes, atomic_write_json
 from mambamixer.models.registry import create_model, model_task
 from mambamixer.tasks.common import (
@@ -144,7 +154,7 @@ class _Tally:
 
 
 @torch.no_grad()
-def classification_metrics(model: nn.Module, split: ImageSplit, transform: ImageTransform, num_classes: int,
+def classification_metrics(model: nn.Module, split: ImageSplit | FileSplit, transform: ImageTransform, num_classes: int,
                            batch_size: int = DEFAULT_EVAL_BATCH_SIZE, device: torch.device | str | None = None,
                            bf16: bool = False, ctx: Context | None = None, tta: str | None = None) -> dict[str, Any]:
     """Top-1, top-k (k = min(5, classes)), mean cross-entropy (no smoothing) and the confusion matrix
@@ -168,7 +178,7 @@ def classification_metrics(model: nn.Module, split: ImageSplit, transform: Image
     model.eval()
     plain, averaged = _Tally(num_classes), _Tally(num_classes) if tta else None
     seconds = 0.0
-    for images, labels in BatchLoader(split, batch_size):
+    for images, labels in eval_batches(split, batch_size):
         images, labels = images.to(device), labels.to(device)
         x = transform(images)
         t0 = time.perf_counter()
@@ -254,7 +264,7 @@ def _shape_check(net: nn.Module, model: str, data: ImageData, transform: ImageTr
     net.eval()
     try:
         with torch.no_grad(), autocast(device, bf16):
-            out = net(transform(data.test.images[:2].to(device)))
+            out = net(transform(as_image_split(data.test, torch.arange(min(2, len(data.test)))).images.to(device)))
     except (ValueError, RuntimeError) as err:
         c, (h, w) = data.in_chans, data.image_size
         size = transform.img_size or h
@@ -267,12 +277,13 @@ def _shape_check(net: nn.Module, model: str, data: ImageData, transform: ImageTr
                          f"{data.num_classes}) logits")
 
 
-def _grid_images(split: ImageSplit, n: int) -> tuple[Tensor, Any]:
-    """A fixed sample of ``n`` test images: their indices and (n, H, W[, 3]) floats in [0, 1]."""
+def _grid_images(split: ImageSplit | FileSplit, n: int) -> tuple[ImageSplit, Any]:
+    """A fixed sample of ``n`` test images: them in memory and as (n, H, W[, 3]) floats in [0, 1]."""
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    imgs = split.images[idx].float() / 255.0
+    sample = as_image_split(split, idx)
+    imgs = sample.images.float() / 255.0
     imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs.permute(0, 2, 3, 1)
-    return idx, imgs.numpy()
+    return sample, imgs.numpy()
 
 
 def _write_confusion_csv(path: Path, confusion: Tensor, classes: list[str]) -> None:
@@ -322,6 +333,10 @@ def run_classify(
     tta: str | None = None,
     init: str | os.PathLike | None = None,
     freeze_backbone: bool = False,
+    data_mode: str = "auto",
+    workers: int | None = None,
+    crop_scale: float = CROP_SCALE[0],
+    eval_crop: float = EVAL_CROP,
 ) -> dict[str, Any]:
     """Train vision model ``model`` on ``data`` and write the run folder; returns the metrics dict.
 
@@ -339,6 +354,12 @@ def run_classify(
     ``predictions.png``, ``training_curves.png``. ``init``: start from the weights of a run, checkpoint or
     saved model (``model`` None takes its model; a new head for another class count), ``freeze_backbone``
     trains only the classifier (tasks/finetune.py).
+    ``predictions.png``, ``training_curves.png``.
+    ``data_mode`` "auto" streams an ImageFolder larger than 2 GiB decoded, "stream" / "memory" force it
+    (data/image_stream.py): streamed, ``workers`` DataLoader processes decode each batch, training
+    images get a random-resized crop of area (``crop_scale``, 1) in place of ``augment``'s padded crop
+    (1: no such crop, training images are decoded as evaluation ones, a centre crop of ``eval_crop`` of
+    the shorter side).
     """
     started = time.perf_counter()
     # 1. check every argument before anything is read or written
@@ -387,13 +408,23 @@ def run_classify(
     local_batch = distributed.local_batch_size(hp["batch_size"], ctx)
 
     # 2. data, model, one trial forward; only then the output folder
-    ds = load_image_data(data, data_dir=data_dir, img_size=img_size, val_fraction=val_fraction,
-                         limit_train=limit_train, limit_eval=limit_eval)
+    if not 0.0 < crop_scale <= 1.0:
+        raise ValueError(f"crop_scale must be in (0, 1], got {crop_scale!r}")
+    ds, _ = load_images(data, data_mode, data_dir, img_size, val_fraction, limit_train, limit_eval, workers,
+                        eval_crop)
+    streamed = isinstance(ds.train, FileSplit)
     size = _image_size(ds, img_size)
     if augment is True or isinstance(augment, str):
         aug = parse_augment("default" if augment is True else augment, dataset_name(data) or "folder", size)
     else:
         aug = augment or None
+    resized_crop = streamed and aug is not None and crop_scale < 1.0  # it replaces the padded crop
+    if resized_crop:
+        aug = dataclasses.replace(aug, crop_padding=0)
+    if ctx.is_main and not quiet:
+        reading = f"streamed by {ds.train.reader.workers} workers a process" if streamed else "in memory"
+        decode_crop = f"random-resized crop (area {crop_scale:g}-1) at decode, " if resized_crop else ""
+        print(f"data: {ds.describe()}, {reading}\naugment: {decode_crop}{describe_augment(aug)}")
     transform = ImageTransform(ds.mean, ds.std, img_size=size, augment=aug)
     seed_everything(seed)
     if init_source is None:
@@ -426,6 +457,8 @@ def run_classify(
                      "best_epoch_by": "validation top-1" if len(ds.val) else "training loss (no validation split)",
                      "drop_last_train": len(ds.train) > hp["batch_size"]},
         "device": str(dev), "processes": ctx.world_size, "torch_version": torch.__version__,
+        **({"data_mode": "stream", "crop_scale": crop_scale if resized_crop else None, "eval_crop": eval_crop}
+           if streamed else {}),
     }
     state = resume_state(out, run) if resume else None  # checked before anything is written
     prepare_out(out, note=ctx.is_main and not (quiet or resume))
@@ -433,10 +466,15 @@ def run_classify(
 
     # 3. train; the best epoch on validation top-1 is checkpointed as it appears. The sampler shuffles
     # by (seed, epoch) and shards by rank.
-    sampler = EpochSampler(len(ds.train), seed, ctx, local_batch)
     alternate = aug is not None and aug.hflip and aug.flip_schedule == "alternate"
     flips = AlternatingFlips(len(ds.train), seed) if alternate else None
-    train_loader = BatchLoader(ds.train, local_batch, sampler=sampler, with_indices=alternate)
+    if streamed:
+        sampler: EpochSampler = StreamSampler(len(ds.train), seed, ctx, local_batch)
+        batches = train_loader(ds.train, local_batch, sampler, seed, (crop_scale, 1.0) if resized_crop else None,
+                               pin_memory=dev.type == "cuda")
+    else:
+        sampler = EpochSampler(len(ds.train), seed, ctx, local_batch)
+        batches = BatchLoader(ds.train, local_batch, sampler=sampler, with_indices=alternate)
     smoothing = hp["label_smoothing"]
 
     def loss_fn(m: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
@@ -453,7 +491,7 @@ def run_classify(
         save_checkpoint(ckpt_dir, state.eval_model, {**run, "best_epoch": state.best_epoch,
                                                 "best_val_top1": best.get("val_top1")})
 
-    result = fit(net, train_loader, loss_fn, train_config, validate=validate if len(ds.val) else None,
+    result = fit(net, batches, loss_fn, train_config, validate=validate if len(ds.val) else None,
                  on_best=on_best, device=dev, ctx=ctx, state_path=out / STATE_NAME, resume=state,
                  state_meta={"run": run})
 
@@ -462,8 +500,11 @@ def run_classify(
     val = classification_metrics(net, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx) if len(
         ds.val) else None
     # one process's speed (rank 0, while the others wait): per-process figures
-    speed = measure_throughput(net, ds.test.images[:local_batch], ds.test.labels[:local_batch], transform,
-                               local_batch, eval_batch_size, dev, bf16) if ctx.is_main else {}
+    if ctx.is_main:
+        few = as_image_split(ds.test, torch.arange(min(local_batch, len(ds.test))))
+        speed = measure_throughput(net, few.images, few.labels, transform, local_batch, eval_batch_size, dev, bf16)
+    else:
+        speed = {}
     history = result.history
     loop_seconds = sum(h["train_seconds"] for h in history)
     confusion = test["confusion"]
@@ -493,11 +534,11 @@ def run_classify(
         plot_confusion_matrix(confusion.numpy(), ds.classes, out / "confusion_matrix.png",
                               f"{title}: test top-1 {test['top1']:.2%}")
         _write_confusion_csv(out / "confusion_matrix.csv", confusion, ds.classes)
-        idx, grid = _grid_images(ds.test, GRID_IMAGES)
+        sample, grid = _grid_images(ds.test, GRID_IMAGES)
         net.eval()
         with torch.no_grad(), autocast(dev, bf16):
-            pred = net(transform(ds.test.images[idx].to(dev))).float().argmax(dim=1).cpu()
-        plot_image_grid(grid, ds.test.labels[idx].tolist(), pred.tolist(), ds.classes, out / "predictions.png",
+            pred = net(transform(sample.images.to(dev))).float().argmax(dim=1).cpu()
+        plot_image_grid(grid, sample.labels.tolist(), pred.tolist(), ds.classes, out / "predictions.png",
                         f"{title}: test images, predicted and true labels")
         metrics["seconds"] = time.perf_counter() - started
         atomic_write_json(out / "metrics.json", metrics)
@@ -531,9 +572,11 @@ def evaluate_classify(
     tta = check_tta(tta or run.get("tta"), dataset_name(run["data"]) or "folder")  # before any data is read
     dev = pick_device(device)
     net.to(dev)
-    ds = load_image_data(run["data"], data_dir=data_dir if data_dir is not None else run.get("data_dir"),
-                         img_size=run.get("decode_size"), val_fraction=run.get("val_fraction", VAL_FRACTION),
-                         limit_train=run.get("limit_train"), limit_eval=run.get("limit_eval"))
+    ds, _ = load_images(run["data"], run.get("data_mode", "memory"),
+                        data_dir=data_dir if data_dir is not None else run.get("data_dir"),
+                        img_size=run.get("decode_size"), val_fraction=run.get("val_fraction", VAL_FRACTION),
+                        limit_train=run.get("limit_train"), limit_eval=run.get("limit_eval"),
+                        eval_crop=run.get("eval_crop", EVAL_CROP))
     if ds.num_classes != run["num_classes"] or ds.in_chans != run.get("in_chans", ds.in_chans):
         raise ValueError(f"the data has {ds.num_classes} classes and {ds.in_chans} channels, the checkpoint expects "
                          f"{run['num_classes']} and {run.get('in_chans')}")

@@ -16,7 +16,7 @@ from typing import Any
 
 from mambamixer.classifier import Classifier
 from mambamixer.data.image_files import list_image_files
-from mambamixer.data.images import IMAGE_EXTENSIONS
+from mambamixer.data.image_folder import IMAGE_EXTENSIONS
 from mambamixer.io import atomic_write
 from mambamixer.tasks.common import check_positive_int
 from mambamixer.tasks.predict import writable_file
