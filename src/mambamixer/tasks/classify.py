@@ -35,6 +35,7 @@ from mambamixer.data.images import (
     dataset_name,
     load_image_data,
 )
+from mambamixer.data.mixup import Mixup, MixupConfig
 from mambamixer.io import atomic_write_bytes, atomic_write_json
 from mambamixer.models.registry import create_model, model_task
 from mambamixer.tasks.common import (
@@ -48,6 +49,7 @@ from mambamixer.tasks.common import (
     prepare_out,
     resume_state,
 )
+from mambamixer.tasks.vision_recipes import get_recipe
 from mambamixer.training import distributed
 from mambamixer.training.checkpoint import STATE_NAME, save_checkpoint
 from mambamixer.training.distributed import Context, EpochSampler
@@ -64,7 +66,8 @@ GRID_IMAGES = 32  # test images shown in predictions.png
 # smoothing 0.1, batch 128, 10 epochs, no early stopping (the best epoch on validation top-1 is kept).
 RECIPE: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine",
                           "warmup_epochs": 1.0, "epochs": 10, "batch_size": 128, "label_smoothing": 0.1,
-                          "grad_clip": None, "patience": None, "ema_decay": None}
+                          "grad_clip": None, "patience": None, "ema_decay": None,
+                          "min_lr": 0.0}
 # Per-model departures from RECIPE; a family's entry ("vim2") applies to its sizes ("vim2_small").
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {}
 
@@ -109,9 +112,11 @@ def aux_loss(model: nn.Module) -> Tensor | None:
 def classification_loss(model: nn.Module, images: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy (with label smoothing) of ``model(images)`` plus the model's auxiliary loss.
 
-    ``images``: normalised (batch, C, H, W); ``labels``: (batch,) int64.
+    ``images``: normalised (batch, C, H, W); ``labels``: (batch,) int64, or soft targets (batch, classes)
+    float (Mixup / CutMix, already smoothed: ``label_smoothing`` is then not applied again).
     """
-    loss = F.cross_entropy(model(images).float(), labels, label_smoothing=label_smoothing)
+    smoothing = 0.0 if labels.is_floating_point() else label_smoothing
+    loss = F.cross_entropy(model(images).float(), labels, label_smoothing=smoothing)
     extra = aux_loss(model)
     return loss if extra is None else loss + extra.float()
 
@@ -283,6 +288,21 @@ def _write_confusion_csv(path: Path, confusion: Tensor, classes: list[str]) -> N
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def describe_recipe(run: dict[str, Any], net: nn.Module) -> str:
+    """One line of the run's recipe: optimiser, LR, schedule, smoothing, EMA, stochastic depth, augmentation,
+    Mixup/CutMix and the evaluation crop (printed at the start of every run)."""
+    t, aug, mix = run["training"], run["augment"], run["mixup"]
+    drop_path = getattr(getattr(net, "config", None), "drop_path_rate", None)
+    parts = [f"{t['optimizer']} lr {t['lr']:.3g} wd {t['weight_decay']:g} {t['schedule']} {t['epochs']} epochs "
+             f"(warm-up {t['warmup_epochs']:g}) batch {t['batch_size']}", f"label smoothing {t['label_smoothing']:g}",
+             f"ema {t['ema_decay']:g}" if t["ema_decay"] else "no ema",
+             f"drop path {drop_path:g}" if drop_path is not None else "no drop path",
+             f"augment {AugmentConfig(**aug).describe() if aug else 'none'}",
+             MixupConfig(**mix).describe() if mix else "no mixup",
+             f"eval centre crop {run['eval_crop_pct']:g}" if run["eval_crop_pct"] else "eval resize"]
+    return f"recipe {run['recipe']}: " + ", ".join(parts)
+
+
 def _image_size(data: ImageData, img_size: int | None) -> int:
     if img_size is not None:
         return check_positive_int("img_size", img_size)
@@ -319,6 +339,9 @@ def run_classify(
     device: str | torch.device | None = None,
     resume: bool = False,
     tta: str | None = None,
+    recipe: str | None = None,
+    mixup: float | None = None,
+    cutmix: float | None = None,
 ) -> dict[str, Any]:
     """Train vision model ``model`` on ``data`` and write the run folder; returns the metrics dict.
 
@@ -333,7 +356,9 @@ def run_classify(
     ``torchrun``). ``resume=True`` continues the
     interrupted run in ``out`` (same arguments) from its ``train_state.pt``. Writes into ``out``:
     ``metrics.json``, ``checkpoint/``, ``train_state.pt``, ``confusion_matrix.png`` and ``.csv``,
-    ``predictions.png``, ``training_curves.png``.
+    ``predictions.png``, ``training_curves.png``. ``recipe="deit"``: the defaults of
+    ``tasks/vision_recipes.py`` (RandAugment, Mixup/CutMix, EMA, LR 5e-4 x batch / 512, ...);
+    ``mixup`` / ``cutmix``: the Beta alphas of Mixup / CutMix (default: the recipe's, else off).
     """
     started = time.perf_counter()
     # 1. check every argument before anything is read or written
@@ -349,8 +374,12 @@ def run_classify(
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
              "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "grad_clip": grad_clip,
              "patience": patience, "ema_decay": ema_decay}
-    hp = {**training_defaults(model), **{k: v for k, v in given.items() if v is not None}}
+    named = get_recipe(recipe)
+    hp = {**training_defaults(model), **(named.training if named else {}),
+          **{k: v for k, v in given.items() if v is not None}}
     hp["batch_size"] = check_positive_int("batch_size", hp["batch_size"])
+    if named is not None and lr is None:
+        hp["lr"] = named.lr_for(hp["batch_size"])
     eval_batch_size = check_positive_int(
         "eval_batch_size", DEFAULT_EVAL_BATCH_SIZE if eval_batch_size is None else eval_batch_size)
     if not 0.0 <= hp["label_smoothing"] < 1.0:
@@ -366,8 +395,10 @@ def run_classify(
         epochs=hp["epochs"], lr=hp["lr"], optimizer=hp["optimizer"], weight_decay=hp["weight_decay"],
         schedule=hp["schedule"], warmup_epochs=hp["warmup_epochs"], grad_clip=hp["grad_clip"],
         patience=hp["patience"], quiet=quiet, desc=f"{model} epoch", bf16=bf16, monitor="val_error",
-        ema_decay=hp["ema_decay"],
+        ema_decay=hp["ema_decay"], min_lr=hp["min_lr"],
     )  # validates the values
+    mix = (named.mixup(hp["label_smoothing"], mixup, cutmix) if named else
+           MixupConfig(mixup or 0.0, cutmix or 0.0, label_smoothing=hp["label_smoothing"]))
     out = Path(out) if out is not None else default_out(model, data)
     check_out_possible(out)
     if resume:
@@ -379,13 +410,17 @@ def run_classify(
     ds = load_image_data(data, data_dir=data_dir, img_size=img_size, val_fraction=val_fraction,
                          limit_train=limit_train, limit_eval=limit_eval)
     size = _image_size(ds, img_size)
-    if augment is True or isinstance(augment, str):
+    if augment is True and named is not None:
+        aug = named.augment(dataset_name(data) or "folder", size)
+    elif augment is True or isinstance(augment, str):
         aug = parse_augment("default" if augment is True else augment, dataset_name(data) or "folder", size)
     else:
         aug = augment or None
-    transform = ImageTransform(ds.mean, ds.std, img_size=size, augment=aug)
+    transform = ImageTransform(ds.mean, ds.std, img_size=size, augment=aug,
+                               crop_pct=named.eval_crop_pct if named else None)
     seed_everything(seed)
-    net = build_vision_model(model, ds.num_classes, ds.in_chans, size, overrides)
+    net = build_vision_model(model, ds.num_classes, ds.in_chans, size,
+                             {**(named.model_overrides(model) if named else {}), **overrides})
     distributed.seed_rank(seed, ctx)  # same initial weights everywhere, own augmentation and dropout per rank
     net.to(dev)
     _shape_check(net, model, ds, transform, dev, bf16)
@@ -403,10 +438,12 @@ def run_classify(
         "classes": ds.classes, "mean": ds.mean, "std": ds.std, "split": ds.split, "val_fraction": val_fraction,
         "limit_train": limit_train, "limit_eval": limit_eval,
         "augment": dataclasses.asdict(aug) if aug is not None else None, "tta": tta, "seed": seed,
+        "recipe": named.name if named else "default", "mixup": dataclasses.asdict(mix) if mix.active else None,
+        "eval_crop_pct": transform.crop_pct,
         "model_overrides": overrides,
         "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay",
                                            "warmup_epochs", "label_smoothing", "grad_clip", "patience",
-                                           "ema_decay")},
+                                           "ema_decay", "min_lr")},
                      "bf16": bf16, "eval_batch_size": eval_batch_size, "loss": "cross_entropy",
                      "best_epoch_by": "validation top-1" if len(ds.val) else "training loss (no validation split)",
                      "drop_last_train": len(ds.train) > hp["batch_size"]},
@@ -414,6 +451,8 @@ def run_classify(
     }
     state = resume_state(out, run) if resume else None  # checked before anything is written
     prepare_out(out, note=ctx.is_main and not (quiet or resume))
+    if ctx.is_main:
+        print(describe_recipe(run, net))
     ckpt_dir = out / "checkpoint"
 
     # 3. train; the best epoch on validation top-1 is checkpointed as it appears. The sampler shuffles
@@ -423,11 +462,15 @@ def run_classify(
     flips = AlternatingFlips(len(ds.train), seed) if alternate else None
     train_loader = BatchLoader(ds.train, local_batch, sampler=sampler, with_indices=alternate)
     smoothing = hp["label_smoothing"]
+    mixer = Mixup(mix, ds.num_classes) if mix.active else None
 
     def loss_fn(m: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         images, labels = batch[:2]
         flip = flips(batch[2], sampler.epoch) if flips is not None else None
-        return classification_loss(m, transform(images, train=True, flip=flip), labels, smoothing)
+        x = transform(images, train=True, flip=flip)
+        if mixer is not None:
+            x, labels = mixer(x, labels)
+        return classification_loss(m, x, labels, smoothing)
 
     def validate(m: nn.Module) -> dict[str, float]:
         r = classification_metrics(m, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx)
@@ -522,7 +565,7 @@ def evaluate_classify(
     if ds.num_classes != run["num_classes"] or ds.in_chans != run.get("in_chans", ds.in_chans):
         raise ValueError(f"the data has {ds.num_classes} classes and {ds.in_chans} channels, the checkpoint expects "
                          f"{run['num_classes']} and {run.get('in_chans')}")
-    transform = ImageTransform(run["mean"], run["std"], img_size=run["img_size"])
+    transform = ImageTransform(run["mean"], run["std"], img_size=run["img_size"], crop_pct=run.get("eval_crop_pct"))
     training = run.get("training", {})
     bs = batch_size or training.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)
     test = classification_metrics(net, ds.test, transform, ds.num_classes, bs, dev, bool(training.get("bf16")), tta=tta)
