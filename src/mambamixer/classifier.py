@@ -46,7 +46,8 @@ class Classifier:
         self.device = pick_device(device)
         self.net = net.to(self.device).eval()
         self.run, self.checkpoint = run, checkpoint
-        self.transform = ImageTransform(run["mean"], run["std"], img_size=run["img_size"])
+        self.transform = ImageTransform(run["mean"], run["std"], img_size=run["img_size"],
+                                        crop_pct=run.get("eval_crop_pct"))  # the recipe's in-memory centre crop
         training = run.get("training") or {}
         self.bf16 = bool(training.get("bf16"))
         self.batch_size = int(training.get("eval_batch_size") or DEFAULT_BATCH_SIZE)

@@ -42,6 +42,7 @@ def _number(parse: Callable[[str], Any], accept: Callable[[Any], bool], what: st
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a non-negative number")
 fraction = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 unit_fraction = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
@@ -114,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(random; flip=alternate: each image mirrored every other epoch), crop=PIXELS, erase=PROB "
                         "(e.g. flip,crop=2)")
     p.add_argument("--no-augment", action="store_true", help="no random crops, flips or erasing (--augment none)")
+    p.add_argument("--recipe", default=None, choices=("default", "deit"),
+                   help="named recipe whose values fill every flag left out (deit: RandAugment, Mixup/CutMix, EMA, "
+                        "AdamW lr 5e-4 x batch/512, 300 epochs; docs/vision.md)")
+    p.add_argument("--mixup", type=non_negative_float, default=None, metavar="ALPHA",
+                   help="Mixup Beta alpha (0 = off; default: the recipe's)")
+    p.add_argument("--cutmix", type=non_negative_float, default=None, metavar="ALPHA",
+                   help="CutMix Beta alpha (0 = off; default: the recipe's)")
     p.add_argument("--tta", default=None, metavar="MODE",
                    help="also report test metrics with test-time augmentation (flip: mean softmax of each image and "
                         "its mirror); the plain test metrics are kept")
@@ -288,6 +296,7 @@ def _classify(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay, patience=args.patience, bf16=args.bf16, augment=_augment_choice(args),
         limit_train=args.limit_train, limit_eval=args.limit_eval, resume=args.resume, tta=args.tta,
         init=args.init, freeze_backbone=args.freeze_backbone,
+        recipe=args.recipe, mixup=args.mixup, cutmix=args.cutmix,
         **({} if args.val_fraction is None else {"val_fraction": args.val_fraction}),
         data_mode=args.data_mode, workers=args.workers, crop_scale=args.crop_scale, eval_crop=args.eval_crop,
     )

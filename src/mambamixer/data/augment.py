@@ -4,10 +4,11 @@
     x = transform(images_uint8, train=True)     # (batch, C, H, W) uint8 -> normalised float32
 
 Order: uint8 -> [0, 1] floats -> resize (bilinear, antialiased) -> random crop from the
-zero-padded image -> horizontal flip -> normalise -> random erasing (erased pixels become 0,
-the dataset mean, as torchvision's RandomErasing after Normalize). Evaluation only converts,
-resizes and normalises. Random draws use torch's default generator of the batch's device,
-which ``seed_everything`` seeds.
+zero-padded image -> horizontal flip -> RandAugment (data/randaugment.py) -> normalise -> random
+erasing (erased pixels become 0, the dataset mean, as torchvision's RandomErasing after Normalize).
+Evaluation only converts, resizes and normalises; with ``crop_pct`` (the DeiT recipe's 0.875) it
+resizes to img_size / crop_pct (256 for 224) and takes the centre img_size square. Random draws
+use torch's default generator of the batch's device, which ``seed_everything`` seeds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mambamixer.data.randaugment import describe_rand_augment, rand_augment
 
 __all__ = ["FLIP_SCHEDULES", "TTA_MODES", "AlternatingFlips", "AugmentConfig", "ImageTransform", "check_tta",
            "default_augment", "describe_augment", "flips_fit", "parse_augment", "random_crop", "random_erase",
@@ -36,11 +39,28 @@ class AugmentConfig:
     erase_prob: float = 0.0  # chance per image of random erasing (Zhong et al., AAAI 2020)
     erase_area: tuple[float, float] = (0.02, 0.33)  # erased fraction of the image, uniform
     erase_aspect: tuple[float, float] = (0.3, 3.3)  # erased height / width, log-uniform
+    rand_layers: int = 0  # RandAugment ops per image (0 = off; the DeiT recipe: 2)
+    rand_magnitude: float = 9.0  # RandAugment magnitude of 10
+    rand_magnitude_std: float = 0.5  # its per-image Gaussian noise
+
+    def describe(self) -> str:
+        """One line: ``crop=3,flip,rand-m9-mstd0.5-inc1,erase=0.25``."""
+        parts = [f"crop={self.crop_padding}"] if self.crop_padding else []
+        if self.hflip:
+            parts.append("flip" if self.flip_schedule == "random" else f"flip={self.flip_schedule}")
+        if self.rand_layers:
+            parts.append(describe_rand_augment(self.rand_layers, self.rand_magnitude, self.rand_magnitude_std))
+        if self.erase_prob:
+            parts.append(f"erase={self.erase_prob:g}")
+        return ",".join(parts) or "none"
 
     def __post_init__(self) -> None:
         if self.crop_padding < 0 or not 0.0 <= self.erase_prob <= 1.0:
             raise ValueError(f"crop_padding must be >= 0 and erase_prob in [0, 1], got {self.crop_padding}, "
                              f"{self.erase_prob}")
+        if self.rand_layers < 0 or not 0.0 <= self.rand_magnitude <= 10.0 or self.rand_magnitude_std < 0:
+            raise ValueError(f"RandAugment needs layers >= 0, magnitude in [0, 10] and std >= 0, got "
+                             f"{self.rand_layers}, {self.rand_magnitude}, {self.rand_magnitude_std}")
         if self.flip_schedule not in FLIP_SCHEDULES:
             raise ValueError(f"flip_schedule must be one of {', '.join(FLIP_SCHEDULES)}, got {self.flip_schedule!r}")
 
@@ -91,11 +111,16 @@ def parse_augment(spec: str, dataset: str, img_size: int) -> AugmentConfig | Non
                 fields["crop_padding"] = int(value)
             elif key == "erase" and eq:
                 fields["erase_prob"] = float(value)
+            elif key == "rand":
+                fields["rand_layers"] = 2
+                if eq:
+                    fields["rand_magnitude"] = float(value)
             else:
                 raise ValueError
         except ValueError:
             raise ValueError(f"unknown augmentation {item.strip()!r} in {spec!r}; expected default, none, or a "
-                             "comma list of flip (or flip=alternate), crop=PIXELS, erase=PROB") from None
+                             "comma list of flip (or flip=alternate), crop=PIXELS, erase=PROB, rand (or "
+                             "rand=MAGNITUDE: RandAugment, 2 ops)") from None
     return AugmentConfig(**fields)
 
 
@@ -168,11 +193,17 @@ class ImageTransform:
     """uint8 images (batch, C, H, W) -> normalised float32 (batch, C, img_size, img_size).
 
     ``mean`` / ``std``: per channel on the [0, 1] scale. ``img_size=None`` keeps the size.
-    ``augment`` is applied only when called with ``train=True``.
+    ``augment`` is applied only when called with ``train=True``. ``crop_pct`` (evaluation only):
+    resize to round(img_size / crop_pct), then the centre img_size x img_size square.
     """
 
     def __init__(self, mean: list[float], std: list[float], img_size: int | None = None,
-                 augment: AugmentConfig | None = None) -> None:
+                 augment: AugmentConfig | None = None, crop_pct: float | None = None) -> None:
+        if crop_pct is not None and not 0.0 < crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        if crop_pct is not None and img_size is None:
+            raise ValueError("crop_pct needs an img_size")
+        self.crop_pct = crop_pct
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.img_size = img_size
@@ -181,14 +212,20 @@ class ImageTransform:
     def __call__(self, images: Tensor, train: bool = False, flip: Tensor | None = None) -> Tensor:
         """``flip`` (batch,) bool: which images to mirror when augmenting with flips (default: random, p = 0.5)."""
         x = images.float() / 255.0
-        if self.img_size is not None and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False,
+        centre_crop = self.crop_pct is not None and not train
+        size = round(self.img_size / self.crop_pct) if centre_crop else self.img_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                               antialias=True).clamp_(0.0, 1.0)
+        if centre_crop:
+            top = (size - self.img_size) // 2
+            x = x[..., top:top + self.img_size, top:top + self.img_size]
         a = self.augment if train else None
         if a is not None:
             x = random_crop(x, a.crop_padding)
             if a.hflip:
                 x = random_hflip(x, flip=flip)
+            x = rand_augment(x, a.rand_layers, a.rand_magnitude, a.rand_magnitude_std)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         if a is not None and a.erase_prob > 0:
             x = random_erase(x, a.erase_prob, a.erase_area, a.erase_aspect)
@@ -196,16 +233,9 @@ class ImageTransform:
 
     def describe(self) -> dict[str, Any]:
         return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(), "img_size": self.img_size,
-                "augment": None if self.augment is None else asdict(self.augment)}
+                "crop_pct": self.crop_pct, "augment": None if self.augment is None else asdict(self.augment)}
 
 
 def describe_augment(augment: AugmentConfig | None) -> str:
-    """The augmentation as a ``parse_augment`` spec ("crop=3,flip,erase=0.25"), or "none": printed at a run's start."""
-    if augment is None:
-        return "none"
-    parts = [f"crop={augment.crop_padding}"] if augment.crop_padding else []
-    if augment.hflip:
-        parts.append("flip" if augment.flip_schedule == "random" else f"flip={augment.flip_schedule}")
-    if augment.erase_prob:
-        parts.append(f"erase={augment.erase_prob:g}")
-    return ",".join(parts) or "none"
+    """The augmentation in ``--augment`` syntax ("crop=3,flip,erase=0.25"), or "none": printed at a run's start."""
+    return "none" if augment is None else augment.describe()

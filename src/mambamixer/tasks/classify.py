@@ -11,9 +11,7 @@ with DistributedDataParallel (docs/training.md).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -32,7 +30,6 @@ from mambamixer.data.augment import (
     check_tta,
     describe_augment,
     parse_augment,
-    tta_views,
 )
 from mambamixer.data.image_stream import (
     CROP_SCALE,
@@ -40,13 +37,19 @@ from mambamixer.data.image_stream import (
     FileSplit,
     StreamSampler,
     as_image_split,
-    eval_batches,
     load_images,
     train_loader,
 )
 from mambamixer.data.images import VAL_FRACTION, BatchLoader, ImageData, ImageSplit, check_data_argument, dataset_name
-from mambamixer.io import atomic_write_bytes, atomic_write_json
+from mambamixer.data.mixup import Mixup, MixupConfig
+from mambamixer.io import atomic_write_json
 from mambamixer.models.registry import create_model, model_task
+from mambamixer.tasks.classify_metrics import (
+    DEFAULT_EVAL_BATCH_SIZE,
+    classification_metrics,
+    test_figures,
+    write_confusion_csv,
+)
 from mambamixer.tasks.common import (
     check_out_possible,
     check_positive_int,
@@ -59,14 +62,14 @@ from mambamixer.tasks.common import (
     resume_state,
 )
 from mambamixer.tasks.finetune import load_init
+from mambamixer.tasks.vision_recipes import describe_recipe, get_recipe
 from mambamixer.training import distributed
 from mambamixer.training.checkpoint import STATE_NAME, save_checkpoint
-from mambamixer.training.distributed import Context, EpochSampler
+from mambamixer.training.distributed import EpochSampler
 from mambamixer.training.plots import plot_confusion_matrix, plot_image_grid, plot_training_curves
 from mambamixer.training.seed import seed_everything
 from mambamixer.training.trainer import TrainConfig, TrainState, autocast, fit
 
-DEFAULT_EVAL_BATCH_SIZE = 512
 RESERVED_OVERRIDES = ("num_classes", "in_chans", "img_size")  # set from the data
 GRID_IMAGES = 32  # test images shown in predictions.png
 
@@ -75,7 +78,8 @@ GRID_IMAGES = 32  # test images shown in predictions.png
 # smoothing 0.1, batch 128, 10 epochs, no early stopping (the best epoch on validation top-1 is kept).
 RECIPE: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine",
                           "warmup_epochs": 1.0, "epochs": 10, "batch_size": 128, "label_smoothing": 0.1,
-                          "grad_clip": None, "patience": None, "ema_decay": None}
+                          "grad_clip": None, "patience": None, "ema_decay": None,
+                          "min_lr": 0.0}
 # Per-model departures from RECIPE; a family's entry ("vim2") applies to its sizes ("vim2_small").
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {}
 
@@ -120,90 +124,13 @@ def aux_loss(model: nn.Module) -> Tensor | None:
 def classification_loss(model: nn.Module, images: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy (with label smoothing) of ``model(images)`` plus the model's auxiliary loss.
 
-    ``images``: normalised (batch, C, H, W); ``labels``: (batch,) int64.
+    ``images``: normalised (batch, C, H, W); ``labels``: (batch,) int64, or soft targets (batch, classes)
+    float (Mixup / CutMix, already smoothed: ``label_smoothing`` is then not applied again).
     """
-    loss = F.cross_entropy(model(images).float(), labels, label_smoothing=label_smoothing)
+    smoothing = 0.0 if labels.is_floating_point() else label_smoothing
+    loss = F.cross_entropy(model(images).float(), labels, label_smoothing=smoothing)
     extra = aux_loss(model)
     return loss if extra is None else loss + extra.float()
-
-
-class _Tally:
-    """Running top-1 / top-k hits, summed cross-entropy and confusion counts of scored batches."""
-
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes, self.k = num_classes, min(5, num_classes)
-        self.correct1 = self.correct5 = 0
-        self.loss_sum = 0.0
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-
-    def add(self, logits: Tensor, labels: Tensor) -> None:
-        """logits (batch, classes) float32 (or log-probabilities), labels (batch,)."""
-        self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").double().item()
-        top = logits.topk(self.k, dim=1).indices  # (batch, k)
-        hits = top == labels[:, None]
-        self.correct1 += hits[:, 0].sum().item()
-        self.correct5 += hits.any(dim=1).sum().item()
-        c = self.num_classes
-        self.confusion += torch.bincount((labels * c + top[:, 0]).cpu(), minlength=c * c).view(c, c)
-
-    def result(self, n: int, ctx: Context) -> dict[str, Any]:
-        """The figures over all ``n`` images (the sums all-reduced over the processes)."""
-        correct1, correct5, loss_sum = distributed.all_reduce_sum([self.correct1, self.correct5, self.loss_sum], ctx)
-        return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n,
-                "confusion": distributed.all_reduce_tensor(self.confusion, ctx)}
-
-
-@torch.no_grad()
-def classification_metrics(model: nn.Module, split: ImageSplit | FileSplit, transform: ImageTransform, num_classes: int,
-                           batch_size: int = DEFAULT_EVAL_BATCH_SIZE, device: torch.device | str | None = None,
-                           bf16: bool = False, ctx: Context | None = None, tta: str | None = None) -> dict[str, Any]:
-    """Top-1, top-k (k = min(5, classes)), mean cross-entropy (no smoothing) and the confusion matrix
-    over every image of ``split`` (no image dropped; sums in float64). Distributed (``ctx``), each
-    rank takes a contiguous share of the images and the sums are all-reduced.
-
-    Returns ``{"top1", "top5", "loss", "images", "confusion" (classes, classes) int64 tensor
-    (rows true, columns predicted), "seconds" (this process's forward passes)}``. With
-    ``tta="flip"`` it also returns ``"tta"``: top1, top5, loss and confusion of the mean of the
-    softmax over each image and its mirror (its log taken as the logits), from the same pass: the
-    plain figures come from the first view.
-    """
-    ctx = ctx or Context()
-    n = len(split)
-    if n == 0:
-        raise ValueError("the evaluation split has no images")
-    if ctx.distributed:
-        split = split.subset(torch.tensor(distributed.shard_range(n, ctx), dtype=torch.long))
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    plain, averaged = _Tally(num_classes), _Tally(num_classes) if tta else None
-    seconds = 0.0
-    for images, labels in eval_batches(split, batch_size):
-        images, labels = images.to(device), labels.to(device)
-        x = transform(images)
-        t0 = time.perf_counter()
-        with autocast(device, bf16):
-            views = [model(v).float() for v in tta_views(x, tta)]  # views[0] is x itself
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds += time.perf_counter() - t0
-        plain.add(views[0], labels)
-        if averaged is not None:  # log of the mean probability over the views
-            log_probs = torch.stack([F.log_softmax(v, dim=1) for v in views])
-            averaged.add(log_probs.logsumexp(dim=0) - math.log(len(views)), labels)
-    model.train(was_training)
-    result = {**plain.result(n, ctx), "images": n, "seconds": seconds}
-    if averaged is not None:
-        result["tta"] = averaged.result(n, ctx)
-    return result
-
-
-def _test_figures(test: dict[str, Any]) -> dict[str, Any]:
-    """``classification_metrics`` of the test set -> metrics.json's test_* (and test_tta_*) keys."""
-    figures = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
-    if "tta" in test:
-        figures.update({f"test_tta_{key}": test["tta"][key] for key in ("top1", "top5", "loss")})
-    return figures
 
 
 def measure_throughput(model: nn.Module, images: Tensor, labels: Tensor, transform: ImageTransform,
@@ -286,15 +213,6 @@ def _grid_images(split: ImageSplit | FileSplit, n: int) -> tuple[ImageSplit, Any
     return sample, imgs.numpy()
 
 
-def _write_confusion_csv(path: Path, confusion: Tensor, classes: list[str]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["true \\ predicted", *classes])
-    for name, row in zip(classes, confusion.tolist(), strict=True):
-        writer.writerow([name, *row])
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
 def _image_size(data: ImageData, img_size: int | None) -> int:
     if img_size is not None:
         return check_positive_int("img_size", img_size)
@@ -337,6 +255,9 @@ def run_classify(
     workers: int | None = None,
     crop_scale: float = CROP_SCALE[0],
     eval_crop: float = EVAL_CROP,
+    recipe: str | None = None,
+    mixup: float | None = None,
+    cutmix: float | None = None,
 ) -> dict[str, Any]:
     """Train vision model ``model`` on ``data`` and write the run folder; returns the metrics dict.
 
@@ -354,12 +275,14 @@ def run_classify(
     ``predictions.png``, ``training_curves.png``. ``init``: start from the weights of a run, checkpoint or
     saved model (``model`` None takes its model; a new head for another class count), ``freeze_backbone``
     trains only the classifier (tasks/finetune.py).
-    ``predictions.png``, ``training_curves.png``.
     ``data_mode`` "auto" streams an ImageFolder larger than 2 GiB decoded, "stream" / "memory" force it
     (data/image_stream.py): streamed, ``workers`` DataLoader processes decode each batch, training
     images get a random-resized crop of area (``crop_scale``, 1) in place of ``augment``'s padded crop
     (1: no such crop, training images are decoded as evaluation ones, a centre crop of ``eval_crop`` of
     the shorter side).
+    ``recipe="deit"``: the defaults of
+    ``tasks/vision_recipes.py`` (RandAugment, Mixup/CutMix, EMA, LR 5e-4 x batch / 512, ...);
+    ``mixup`` / ``cutmix``: the Beta alphas of Mixup / CutMix (default: the recipe's, else off).
     """
     started = time.perf_counter()
     # 1. check every argument before anything is read or written
@@ -381,8 +304,12 @@ def run_classify(
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
              "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "grad_clip": grad_clip,
              "patience": patience, "ema_decay": ema_decay}
-    hp = {**training_defaults(model), **{k: v for k, v in given.items() if v is not None}}
+    named = get_recipe(recipe)
+    hp = {**training_defaults(model), **(named.training if named else {}),
+          **{k: v for k, v in given.items() if v is not None}}
     hp["batch_size"] = check_positive_int("batch_size", hp["batch_size"])
+    if named is not None and lr is None:
+        hp["lr"] = named.lr_for(hp["batch_size"])
     eval_batch_size = check_positive_int(
         "eval_batch_size", DEFAULT_EVAL_BATCH_SIZE if eval_batch_size is None else eval_batch_size)
     if not 0.0 <= hp["label_smoothing"] < 1.0:
@@ -398,8 +325,10 @@ def run_classify(
         epochs=hp["epochs"], lr=hp["lr"], optimizer=hp["optimizer"], weight_decay=hp["weight_decay"],
         schedule=hp["schedule"], warmup_epochs=hp["warmup_epochs"], grad_clip=hp["grad_clip"],
         patience=hp["patience"], quiet=quiet, desc=f"{model} epoch", bf16=bf16, monitor="val_error",
-        ema_decay=hp["ema_decay"],
+        ema_decay=hp["ema_decay"], min_lr=hp["min_lr"],
     )  # validates the values
+    mix = (named.mixup(hp["label_smoothing"], mixup, cutmix) if named else
+           MixupConfig(mixup or 0.0, cutmix or 0.0, label_smoothing=hp["label_smoothing"]))
     out = Path(out) if out is not None else default_out(model, data)
     check_out_possible(out)
     if resume:
@@ -414,7 +343,9 @@ def run_classify(
                         eval_crop)
     streamed = isinstance(ds.train, FileSplit)
     size = _image_size(ds, img_size)
-    if augment is True or isinstance(augment, str):
+    if augment is True and named is not None:
+        aug = named.augment(dataset_name(data) or "folder", size)
+    elif augment is True or isinstance(augment, str):
         aug = parse_augment("default" if augment is True else augment, dataset_name(data) or "folder", size)
     else:
         aug = augment or None
@@ -425,8 +356,11 @@ def run_classify(
         reading = f"streamed by {ds.train.reader.workers} workers a process" if streamed else "in memory"
         decode_crop = f"random-resized crop (area {crop_scale:g}-1) at decode, " if resized_crop else ""
         print(f"data: {ds.describe()}, {reading}\naugment: {decode_crop}{describe_augment(aug)}")
-    transform = ImageTransform(ds.mean, ds.std, img_size=size, augment=aug)
+    # a streamed run's evaluation crop is made while decoding (eval_crop); in memory, the recipe's on the batch
+    transform = ImageTransform(ds.mean, ds.std, img_size=size, augment=aug,
+                               crop_pct=named.eval_crop_pct if named and not streamed else None)
     seed_everything(seed)
+    overrides = {**(named.model_overrides(model) if named else {}), **overrides}
     if init_source is None:
         net, init_record = build_vision_model(model, ds.num_classes, ds.in_chans, size, overrides), None
     else:
@@ -449,10 +383,12 @@ def run_classify(
         "classes": ds.classes, "mean": ds.mean, "std": ds.std, "split": ds.split, "val_fraction": val_fraction,
         "limit_train": limit_train, "limit_eval": limit_eval,
         "augment": dataclasses.asdict(aug) if aug is not None else None, "tta": tta, "seed": seed,
+        "recipe": named.name if named else "default", "mixup": dataclasses.asdict(mix) if mix.active else None,
+        "eval_crop_pct": transform.crop_pct,
         "model_overrides": overrides, "init": init_record,
         "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay",
                                            "warmup_epochs", "label_smoothing", "grad_clip", "patience",
-                                           "ema_decay")},
+                                           "ema_decay", "min_lr")},
                      "bf16": bf16, "eval_batch_size": eval_batch_size, "loss": "cross_entropy",
                      "best_epoch_by": "validation top-1" if len(ds.val) else "training loss (no validation split)",
                      "drop_last_train": len(ds.train) > hp["batch_size"]},
@@ -462,6 +398,8 @@ def run_classify(
     }
     state = resume_state(out, run) if resume else None  # checked before anything is written
     prepare_out(out, note=ctx.is_main and not (quiet or resume))
+    if ctx.is_main:
+        print(describe_recipe(run, net))
     ckpt_dir = out / "checkpoint"
 
     # 3. train; the best epoch on validation top-1 is checkpointed as it appears. The sampler shuffles
@@ -476,11 +414,15 @@ def run_classify(
         sampler = EpochSampler(len(ds.train), seed, ctx, local_batch)
         batches = BatchLoader(ds.train, local_batch, sampler=sampler, with_indices=alternate)
     smoothing = hp["label_smoothing"]
+    mixer = Mixup(mix, ds.num_classes) if mix.active else None
 
     def loss_fn(m: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         images, labels = batch[:2]
         flip = flips(batch[2], sampler.epoch) if flips is not None else None
-        return classification_loss(m, transform(images, train=True, flip=flip), labels, smoothing)
+        x = transform(images, train=True, flip=flip)
+        if mixer is not None:
+            x, labels = mixer(x, labels)
+        return classification_loss(m, x, labels, smoothing)
 
     def validate(m: nn.Module) -> dict[str, float]:
         r = classification_metrics(m, ds.val, transform, ds.num_classes, eval_batch_size, dev, bf16, ctx)
@@ -510,7 +452,7 @@ def run_classify(
     confusion = test["confusion"]
     per_class = (confusion.diagonal().double() / confusion.sum(dim=1).clamp_min(1).double()).tolist()
     metrics: dict[str, Any] = {
-        **_test_figures(test), "top5_k": min(5, ds.num_classes), "tta": tta,
+        **test_figures(test), "top5_k": min(5, ds.num_classes), "tta": tta,
         "val_top1": val["top1"] if val else None, "val_loss": val["loss"] if val else None,
         "test_images": test["images"], "val_images": len(ds.val), "train_images": len(ds.train),
         "n_params": n_params, **speed,
@@ -533,7 +475,7 @@ def run_classify(
                              metrics=("val_top1",) if len(ds.val) else ())
         plot_confusion_matrix(confusion.numpy(), ds.classes, out / "confusion_matrix.png",
                               f"{title}: test top-1 {test['top1']:.2%}")
-        _write_confusion_csv(out / "confusion_matrix.csv", confusion, ds.classes)
+        write_confusion_csv(out / "confusion_matrix.csv", confusion, ds.classes)
         sample, grid = _grid_images(ds.test, GRID_IMAGES)
         net.eval()
         with torch.no_grad(), autocast(dev, bf16):
@@ -580,12 +522,12 @@ def evaluate_classify(
     if ds.num_classes != run["num_classes"] or ds.in_chans != run.get("in_chans", ds.in_chans):
         raise ValueError(f"the data has {ds.num_classes} classes and {ds.in_chans} channels, the checkpoint expects "
                          f"{run['num_classes']} and {run.get('in_chans')}")
-    transform = ImageTransform(run["mean"], run["std"], img_size=run["img_size"])
+    transform = ImageTransform(run["mean"], run["std"], img_size=run["img_size"], crop_pct=run.get("eval_crop_pct"))
     training = run.get("training", {})
     bs = batch_size or training.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)
     test = classification_metrics(net, ds.test, transform, ds.num_classes, bs, dev, bool(training.get("bf16")), tta=tta)
     result: dict[str, Any] = {
-        **_test_figures(test), "test_images": test["images"], "model": run["model_name"], "data": ds.name,
+        **test_figures(test), "test_images": test["images"], "model": run["model_name"], "data": ds.name,
         "checkpoint": str(ckpt), "tta": tta,
     }
     metrics_path = ckpt.parent / "metrics.json" if ckpt.name == "checkpoint" else None
