@@ -174,7 +174,7 @@ def _row_base(key: str, cmd: str, library: str, model: str, data: str, horizon: 
               overrides: dict[str, str], args) -> dict:  # fmt: skip
     return {"key": key, "command": cmd, "library": library, "model": model, "data": data, "seq_len": SEQ_LEN,
             "horizon": horizon, "seed": seed, "config_name": config_name(overrides), "threads": args.threads,
-            "versions": args.versions, "git_commit": args.commit,
+            "versions": args.versions, "git_commit": args.commit, "load_average": os.getloadavg(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
 
 
