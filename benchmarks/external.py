@@ -265,15 +265,17 @@ def run_all(args) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    """Every finished run at lookback 96 as a Markdown table, sorted by data set, horizon and test MSE."""
+    """Every finished run at lookback 96 as a Markdown table, sorted by data set, horizon and test MSE;
+    seconds are wall time, with the 1-minute load average of the machine at the end of the run."""
     lines = ["| data set | horizon | library | model | configuration | seed | val MSE | test MSE | test MAE "
-             "| best / run | seconds | version |", "|" + " --- |" * 12]  # fmt: skip
+             "| best / run | seconds (load) | version |", "|" + " --- |" * 12]  # fmt: skip
     done = sorted(finished(rows).values(), key=lambda r: (r["data"], r["horizon"], r["test_mse"]))
     for r in done:
         unit = " steps" if r.get("step_unit") else " epochs"
+        load = f" ({r['load_average'][0]:.1f})" if r.get("load_average") else ""
         lines.append(f"| {r['data']} | {r['horizon']} | {r['library']} | {r['model']} | {r['config_name']} | "
                      f"{r['seed']} | {r['val_mse']:.4f} | {r['test_mse']:.4f} | {r['test_mae']:.4f} | "
-                     f"{r['best_epoch']}/{r['epochs_run']}{unit} | {r['seconds']:.0f} | "
+                     f"{r['best_epoch']}/{r['epochs_run']}{unit} | {r['seconds']:.0f}{load} | "
                      f"{r['library']} {r['library_version']}, torch {r['versions']['torch']} |")  # fmt: skip
     failed = [r for r in rows if "error" in r]
     if failed:

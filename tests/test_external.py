@@ -127,13 +127,14 @@ def test_table_and_resume_keys(external, tmp_path):
     row = {"key": external.run_key("neuralforecast", "DLinear", "ETTh1", 96, 96, {}, 0), "library": "neuralforecast",
            "library_version": "3.3.0", "model": "DLinear", "data": "ETTh1", "seq_len": 96, "horizon": 96, "seed": 0,
            "config_name": "defaults", "val_mse": 0.7, "test_mse": 0.3969, "test_mae": 0.4052, "best_epoch": 300,
-           "epochs_run": 800, "step_unit": "optimiser steps", "seconds": 56.0, "versions": {"torch": "2.13.0+cpu"}}
+           "epochs_run": 800, "step_unit": "optimiser steps", "seconds": 56.0, "versions": {"torch": "2.13.0+cpu"},
+           "load_average": [2.04, 3.0, 3.0]}
     ours = {**row, "key": external.run_key("mambamixer", "tsm2", "ETTh1", 96, 96, {}, 0), "library": "mambamixer",
             "library_version": "0.1.0", "model": "tsm2", "test_mse": 0.3954, "step_unit": None}
     text = external.table([row, ours, {**row, "key": "x", "error": "boom"}])
     lines = text.splitlines()
     assert lines[2].startswith("| ETTh1 | 96 | mambamixer | tsm2 |") and "epochs" in lines[2]
-    assert "| neuralforecast | DLinear |" in lines[3] and "300/800 steps" in lines[3] and "0.4052" in lines[3]
+    assert "| neuralforecast | DLinear |" in lines[3] and "300/800 steps | 56 (2.0) |" in lines[3] and "0.4052" in lines[3]
     assert "failed: `x`: boom" in text
     assert row["key"] == "neuralforecast/DLinear/ETTh1/96/96/defaults/seed=0" != ours["key"]
     assert external.parse_sets(["hidden_size=64", "revin=false"]) == {"hidden_size": "64", "revin": "false"}
