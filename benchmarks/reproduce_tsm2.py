@@ -140,9 +140,15 @@ def execute(model: str, data: str, horizon: int, overrides: dict[str, str], seed
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     if "error" in result:
         return {**row, "config": {"overrides": overrides}, **result}
+    return {**row, **metrics_fields(out, overrides, result)}
+
+
+def metrics_fields(out: Path, overrides: dict[str, str], result: dict) -> dict:
+    """A finished ``mambamixer forecast`` run's row fields from its ``metrics.json``: the configuration
+    (overrides, model overrides, training recipe), validation/test MSE/MAE, epochs and the history."""
     metrics = json.loads((out / "metrics.json").read_text())
     run = metrics["run"]
-    row["config"] = {"overrides": overrides, "model_overrides": run["model_overrides"], "training": run["training"]}
+    row = {"config": {"overrides": overrides, "model_overrides": run["model_overrides"], "training": run["training"]}}
     keep = ("val_mse", "val_mae", "test_mse", "test_mae", "epochs_run", "best_epoch", "n_params",
             "seconds_per_epoch", "train_seconds", "device")  # fmt: skip
     row.update({k: (metrics[k] if k in metrics else result.get(k)) for k in keep})
