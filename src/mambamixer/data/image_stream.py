@@ -340,14 +340,15 @@ def _stream_stats(train: FileSplit) -> tuple[list[float], list[float]]:
 
 def load_images(data: str, mode: str = "auto", data_dir: str | os.PathLike | None = None, img_size: int | None = None,
                 val_fraction: float = VAL_FRACTION, limit_train: int | None = None, limit_eval: int | None = None,
-                workers: int | None = None, eval_crop: float = EVAL_CROP,
-                memory_limit: int = MEMORY_LIMIT_BYTES) -> tuple[ImageData, str]:
+                workers: int | None = None, eval_crop: float = EVAL_CROP, memory_limit: int = MEMORY_LIMIT_BYTES,
+                stats: tuple[list[float], list[float]] | None = None) -> tuple[ImageData, str]:
     """(the dataset, "memory" or "stream"): ``mode="auto"`` streams an ImageFolder tree whose decoded size
     (:func:`in_memory_bytes`) exceeds ``memory_limit``; built-in datasets are always in memory.
 
     The streamed splits are the in-memory path's (the same files, order, validation and test
-    split, limits); their statistics come from ``STATS_IMAGES`` training images. Streaming needs
-    ``img_size``; ``workers`` defaults to :func:`default_workers`.
+    split, limits); their statistics come from ``STATS_IMAGES`` training images, or are ``stats``
+    (mean, std) when known (a run's, when it is evaluated again: no images decoded for them).
+    Streaming needs ``img_size``; ``workers`` defaults to :func:`default_workers`.
     """
     if mode not in DATA_MODES:
         raise ValueError(f"data mode must be one of {', '.join(DATA_MODES)}, got {mode!r}")
@@ -374,7 +375,11 @@ def load_images(data: str, mode: str = "auto", data_dir: str | os.PathLike | Non
     root = listing.root.resolve()
     train, val, test, split = form_splits(root.name, listing.classes, roles["train"], roles.get("val"),
                                           roles.get("test"), listing.note(), val_fraction, limit_train, limit_eval)
-    mean, std = _stream_stats(train)
-    split += f"; streamed, statistics of {min(STATS_IMAGES, len(train))} training images"
+    if stats is None:
+        mean, std = _stream_stats(train)
+        split += f"; streamed, statistics of {min(STATS_IMAGES, len(train))} training images"
+    else:
+        mean, std = stats
+        split += "; streamed, statistics given"
     return ImageData(name=root.name, classes=listing.classes, train=train, val=val, test=test, mean=mean, std=std,
                      source=str(root), split=split), mode

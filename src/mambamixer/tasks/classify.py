@@ -518,7 +518,7 @@ def evaluate_classify(
                         data_dir=data_dir if data_dir is not None else run.get("data_dir"),
                         img_size=run.get("decode_size"), val_fraction=run.get("val_fraction", VAL_FRACTION),
                         limit_train=run.get("limit_train"), limit_eval=run.get("limit_eval"),
-                        eval_crop=run.get("eval_crop", EVAL_CROP))
+                        eval_crop=run.get("eval_crop", EVAL_CROP), stats=(run["mean"], run["std"]))
     if ds.num_classes != run["num_classes"] or ds.in_chans != run.get("in_chans", ds.in_chans):
         raise ValueError(f"the data has {ds.num_classes} classes and {ds.in_chans} channels, the checkpoint expects "
                          f"{run['num_classes']} and {run.get('in_chans')}")
