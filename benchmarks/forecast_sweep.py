@@ -5,7 +5,7 @@
 
 Each ``--grid KEY=V1,V2,...`` adds an axis. KEY is a training option of ``mambamixer forecast``
 (lr, batch_size, epochs, patience, weight_decay, warmup_epochs, grad_clip, schedule, optimizer,
-seed, ema_decay) or else a model config field (passed as ``--set KEY=V``). Every combination runs as its own
+seed, ema_decay, loss) or else a model config field (passed as ``--set KEY=V``). Every combination runs as its own
 ``mambamixer forecast`` process, ``--jobs`` at a time (one thread each; on a GPU machine the runs
 share the GPU); finished runs are found in ``--results`` (JSON lines) and skipped when re-run,
 failed ones (recorded with their error) are tried again.
@@ -29,7 +29,7 @@ from pathlib import Path
 from threading import Lock
 
 TRAINING_FLAGS = ("lr", "batch_size", "epochs", "patience", "weight_decay", "warmup_epochs", "grad_clip", "schedule",
-                  "optimizer", "seed", "ema_decay")  # fmt: skip
+                  "optimizer", "seed", "ema_decay", "loss")  # fmt: skip
 
 
 def parse_axis(text: str) -> tuple[str, list[str]]:

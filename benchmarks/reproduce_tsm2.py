@@ -75,8 +75,9 @@ def config_name(overrides: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "defaults"
 
 
-def run_key(model: str, data: str, horizon: int, overrides: dict[str, str], seed: int) -> str:
-    return f"{model}/{data}/{SEQ_LEN}/{horizon}/{config_name(overrides)}/seed={seed}"
+def run_key(model: str, data: str, horizon: int, overrides: dict[str, str], seed: int,
+            seq_len: int | None = None) -> str:  # fmt: skip
+    return f"{model}/{data}/{seq_len or SEQ_LEN}/{horizon}/{config_name(overrides)}/seed={seed}"
 
 
 def parse_sets(texts: list[str], models: list[str]) -> dict[str, list[dict[str, str]]]:
@@ -127,13 +128,15 @@ def git_commit() -> str | None:
 
 
 def execute(model: str, data: str, horizon: int, overrides: dict[str, str], seed: int, args) -> dict:
-    """Run one cell in its own process; its row (with ``error`` when it failed)."""
-    key = run_key(model, data, horizon, overrides, seed)
+    """Run one cell in its own process (at lookback ``args.seq_len``, default 512); its row (with
+    ``error`` when it failed)."""
+    seq_len = getattr(args, "seq_len", SEQ_LEN)
+    key = run_key(model, data, horizon, overrides, seed, seq_len)
     out = Path(args.runs) / hashlib.sha1(key.encode()).hexdigest()[:12]
-    cmd = command(model, data, SEQ_LEN, horizon, {**overrides, "seed": str(seed)}, out, args.data_dir)
+    cmd = command(model, data, seq_len, horizon, {**overrides, "seed": str(seed)}, out, args.data_dir)
     start = time.time()
     result = run_one(cmd, out, args.threads)
-    row = {"key": key, "command": shlex.join(cmd), "model": model, "data": data, "seq_len": SEQ_LEN,
+    row = {"key": key, "command": shlex.join(cmd), "model": model, "data": data, "seq_len": seq_len,
            "horizon": horizon, "seed": seed, "config_name": config_name(overrides),
            "seconds": round(time.time() - start, 1), "threads": args.threads, "jobs": args.jobs,
            "versions": args.versions, "git_commit": args.commit,
@@ -161,9 +164,10 @@ def run_all(args) -> None:
     path = Path(args.results)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = finished(load_rows(path))
-    configs = parse_sets(args.set, args.models)
+    configs = getattr(args, "configs", None) or parse_sets(args.set, args.models)  # explicit lists, or the grids
     todo = [(m, d, h, c, s) for d in args.datasets for h in args.horizons for m in args.models
-            for c in configs[m] for s in args.seeds if run_key(m, d, h, c, s) not in done]  # fmt: skip
+            for c in configs[m] for s in args.seeds
+            if run_key(m, d, h, c, s, getattr(args, "seq_len", SEQ_LEN)) not in done]  # fmt: skip
     print(f"{len(todo)} runs to do, {args.jobs} at a time, results in {path}", flush=True)
     if not todo:
         return

@@ -113,3 +113,34 @@ def test_parse_value() -> None:
     assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("true") is True
     assert parse_value("False") is False and parse_value("[1, 2]") == [1, 2] and parse_value("layer") == "layer"
     assert parse_value("32,96,256") == [32, 96, 256] and parse_value("row, column") == ["row", "column"]
+
+
+def test_training_losses_are_the_named_criteria() -> None:
+    import torch
+
+    from mambamixer.tasks.forecast import make_forecast_loss
+
+    class Fixed(torch.nn.Module):  # predicts its input's first horizon steps
+        def forward(self, x, x_mark=None, y_mark=None):
+            return x[:, :3]
+
+    x, y = torch.randn(4, 5, 2), torch.randn(4, 3, 2)
+    batch = (x, y, torch.zeros(4, 5, 0), torch.zeros(4, 3, 0))
+    diff = x[:, :3] - y
+    assert make_forecast_loss("mse")(Fixed(), batch).item() == pytest.approx(diff.square().mean().item())
+    assert make_forecast_loss("mae")(Fixed(), batch).item() == pytest.approx(diff.abs().mean().item())
+    small = diff.abs() < 1  # Huber with delta 1: quadratic inside, linear outside
+    huber = torch.where(small, 0.5 * diff.square(), diff.abs() - 0.5).mean()
+    assert make_forecast_loss("huber")(Fixed(), batch).item() == pytest.approx(huber.item())
+    with pytest.raises(ValueError, match="loss must be one of"):
+        make_forecast_loss("rmse")
+
+
+def test_loss_flag_is_recorded_and_validation_stays_mse(run_dir: Path, tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "mae"
+    assert main(_forecast_args(out, shared_data, "--set", "kernel_size=13", "--loss", "mae")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    default = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["run"]["training"]["loss"] == "mae" and default["run"]["training"]["loss"] == "mse"
+    assert metrics["history"][0]["val_loss"] == pytest.approx(metrics["val_mse"], rel=1e-6)  # chosen on MSE
+    assert metrics["history"][0]["train_loss"] != pytest.approx(default["history"][0]["train_loss"], rel=1e-3)

@@ -77,6 +77,15 @@ def test_token_mixer_is_causal_in_time():
     assert torch.all(per_patch[t + 1 :] == 0) and torch.all(per_patch[: t + 1] > 0)
 
 
+def test_bidirectional_tokens_option_reads_the_lookback_both_ways():
+    model = small(bidirectional_tokens=True)
+    token_mixer = model.mixer.mixers[0]
+    tokens = torch.randn(2, 5, model.config.n_patches, 16, requires_grad=True)
+    token_mixer(tokens)[:, :, 0].sum().backward()  # the first patch now sees every later one
+    assert torch.all(tokens.grad.abs().sum(dim=(0, 1, 3)) > 0)
+    assert model.config.bidirectional_tokens and not small().config.bidirectional_tokens  # off by default
+
+
 def test_covariates_change_the_output():
     model = small(n_marks=4).eval()
     x, xm, ym = torch.randn(2, 48, 5), torch.randn(2, 48, 4), torch.randn(2, 24, 4)

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=("adam", "adamw"), default=None)
     p.add_argument("--schedule", choices=("halve", "cosine", "constant"), default=None,
                    help="learning-rate schedule")
+    p.add_argument("--loss", choices=("mse", "mae", "huber"), default=None,
+                   help="training loss (validation chooses the best epoch on MSE whatever it is)")
     p.add_argument("--train-on", choices=("train", "train+val", "all"), default="train",
                    help="after the validated run, refit a fresh model on the training and validation rows, or on "
                         "every row, for the chosen number of epochs; `predict` then uses it (default: train)")
@@ -235,7 +237,7 @@ def _forecast(args: argparse.Namespace) -> int:
         patience=args.patience, quiet=args.quiet, model_overrides=dict(args.overrides or []),
         optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip, ema_decay=args.ema_decay, resume=args.resume,
-        train_on=args.train_on, missing=args.missing,
+        train_on=args.train_on, missing=args.missing, loss=args.loss,
     )
     return 0
 

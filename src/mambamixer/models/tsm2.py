@@ -51,6 +51,10 @@ class TSM2Config:
     expand: float = 1
     d_conv: int = 4
     channel_mixer: bool = True  # False: channel-independent ablation (token mixers only)
+    # True: the token mixer adds a reversed scan over the lookback's patches (ViM2's bidirectional
+    # mixer). The spec's TSM2 is causal over time (False); the lookback is known whole, so a
+    # variant that reads it both ways is an option, measured in docs/tsm2.md
+    bidirectional_tokens: bool = False
     weighted_average: bool = True  # False: plain residual stack (ablation)
     dropout: float = 0.2  # on every mixer's output and on the embedded tokens
     norm: str = "layer"  # the mixers' pre-norm: "layer" (LayerNorm) or "batch" (PatchTST's BatchNorm over d_model)
@@ -101,7 +105,7 @@ class TSM2(PretrainedMixin, nn.Module):
         self.mixer = MambaMixer(
             c.n_blocks,
             c.d_model,
-            token_mixer=lambda: TokenMixer(c.d_model, bidirectional=False, **mixer_kwargs),
+            token_mixer=lambda: TokenMixer(c.d_model, bidirectional=c.bidirectional_tokens, **mixer_kwargs),
             channel_mixer=channel_mixer if c.channel_mixer else None,
             dropout=c.dropout,
             weighted_average=c.weighted_average,

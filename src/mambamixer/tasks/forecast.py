@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,8 @@ FALLBACK_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "schedule
 def training_defaults(model: str) -> dict[str, Any]:
     """The full set of training hyper-parameters used when a flag is left as None."""
     base = {"optimizer": "adamw", "lr": 1e-3, "schedule": "constant", "epochs": 10, "batch_size": 32,
-            "patience": None, "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None, "ema_decay": None}
+            "patience": None, "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None, "ema_decay": None,
+            "loss": "mse"}
     entry = TRAINING_DEFAULTS.get(model)
     if entry is None:  # a size of a known family ("tsm2_xyz") without its own entry takes the family's
         family = [k for k in TRAINING_DEFAULTS if model.startswith(k + "_")]
@@ -105,10 +107,32 @@ def predict_batch(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Ten
     return model(x, x_mark, y_mark), y
 
 
-def forecast_loss(model: nn.Module, batch: Any) -> torch.Tensor:
-    """Mean squared error of one batch ``(x, y, x_mark, y_mark)`` already on the model's device."""
-    pred, y = predict_batch(model, batch)
-    return F.mse_loss(pred, y)
+# Training losses of a forecaster, on the z-scored scale (validation and the reported figures are
+# MSE/MAE whatever the loss; "mae" is neuralforecast's default, "huber" is delta 1, docs/tsm2.md).
+FORECAST_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss,
+}
+
+
+def check_loss(name: str) -> str:
+    if name not in FORECAST_LOSSES:
+        raise ValueError(f"loss must be one of {sorted(FORECAST_LOSSES)}, got {name!r}")
+    return name
+
+
+def make_forecast_loss(name: str = "mse") -> Callable[[nn.Module, Any], torch.Tensor]:
+    """``loss_fn(model, batch)`` for :func:`fit`: the named loss of one batch ``(x, y, x_mark, y_mark)``
+    already on the model's device, averaged over every predicted value."""
+    criterion = FORECAST_LOSSES[check_loss(name)]
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        pred, y = predict_batch(model, batch)
+        return criterion(pred, y)
+
+    return loss_fn
+
+
+forecast_loss = make_forecast_loss("mse")  # mean squared error of one batch
 
 
 @torch.no_grad()
@@ -185,6 +209,7 @@ def run_forecast(
     resume: bool = False,
     train_on: str = "train",
     missing: str = "error",
+    loss: str | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on dataset ``data`` and write the run folder; returns the metrics dict.
 
@@ -195,7 +220,8 @@ def run_forecast(
     the interrupted run in ``out`` (same arguments) from its ``train_state.pt``. ``train_on``:
     ``"train"``, or ``"train+val"`` / ``"all"`` to refit a fresh model on those rows for the chosen
     number of epochs once validation has chosen it (``refit/``, what ``predict`` uses; see
-    tasks/forecast_refit.py). ``missing``: the missing-value policy of ``load_forecast_data``.
+    tasks/forecast_refit.py). ``missing``: the missing-value policy of ``load_forecast_data``. ``loss``: the
+    training loss (:data:`FORECAST_LOSSES`); the best epoch is chosen on validation MSE whatever it is.
     Writes into ``out``: ``metrics.json``, ``checkpoint/``, ``train_state.pt``, ``forecast.png``,
     ``training_curves.png`` (and ``refit/``, ``refit_state.pt``).
     """
@@ -211,9 +237,10 @@ def run_forecast(
         raise ValueError(f"model overrides cannot set {reserved}: they come from the task and the data")
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
              "optimizer": optimizer, "schedule": schedule, "weight_decay": weight_decay,
-             "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "ema_decay": ema_decay}
+             "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "ema_decay": ema_decay, "loss": loss}
     hp = {**training_defaults(model), **{k: v for k, v in given.items() if v is not None}}
     hp["batch_size"] = check_positive_int("batch_size", hp["batch_size"])
+    loss_fn = make_forecast_loss(hp["loss"])
     eval_batch_size = check_positive_int(
         "eval_batch_size", DEFAULT_EVAL_BATCH_SIZE if eval_batch_size is None else eval_batch_size)
     if hp["patience"] == 0:
@@ -251,9 +278,9 @@ def run_forecast(
         "columns": list(fd.columns), "seed": seed, "model_overrides": overrides,
         "train_on": train_on, "missing": missing, "freq": fd.freq, "mark_names": list(fd.mark_names),
         "step": typical_step(fd.dates), "scaler": {"mean": fd.mean.tolist(), "std": fd.std.tolist()},
-        "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule",
-                                           "weight_decay", "warmup_epochs", "grad_clip", "patience", "ema_decay")},
-                     "eval_batch_size": eval_batch_size, "loss": "mse", "drop_last_train": True},
+        "training": {**{k: hp[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay",
+                                           "warmup_epochs", "grad_clip", "patience", "ema_decay", "loss")},
+                     "eval_batch_size": eval_batch_size, "drop_last_train": True},
         "device": str(dev), "processes": ctx.world_size, "torch_version": torch.__version__,
     }
     state = resume_state(out, run) if resume else None  # checked before anything is written
@@ -272,7 +299,7 @@ def run_forecast(
         save_checkpoint(ckpt_dir, state.eval_model, {**run, "best_epoch": state.best_epoch,
                                                 "best_val_mse": state.best_val})
 
-    result = fit(net, train_loader, forecast_loss, train_config, validate=validate, on_best=on_best,
+    result = fit(net, train_loader, loss_fn, train_config, validate=validate, on_best=on_best,
                  device=dev, ctx=ctx, state_path=out / STATE_NAME, resume=state, state_meta={"run": run})
 
     # 4. evaluate the best weights on every val and test window (shared out over the processes)
@@ -294,7 +321,7 @@ def run_forecast(
         raise ValueError(f"non-finite evaluation metrics: test MSE {test['mse']}, val MSE {val['mse']}")
     if train_on != "train":
         state = resume_state(out, run, REFIT_STATE_NAME) if resume and (out / REFIT_STATE_NAME).is_file() else None
-        metrics["refit"] = refit(model, fd, run, forecast_loss, train_config, result.best_epoch, local_batch,
+        metrics["refit"] = refit(model, fd, run, loss_fn, train_config, result.best_epoch, local_batch,
                                     out, dev, ctx, state)
     if ctx.is_main:
         title = f"{model} on {fd.name}, lookback {seq_len}, horizon {horizon}"
@@ -356,5 +383,5 @@ def evaluate_forecast(
     return result
 
 
-__all__ = ["TRAINING_DEFAULTS", "evaluate_forecast", "forecast_errors", "forecast_loss", "load_forecast_run",
-           "predict_batch", "run_forecast", "training_defaults"]
+__all__ = ["FORECAST_LOSSES", "TRAINING_DEFAULTS", "evaluate_forecast", "forecast_errors", "forecast_loss",
+           "load_forecast_run", "make_forecast_loss", "predict_batch", "run_forecast", "training_defaults"]
