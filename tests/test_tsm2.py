@@ -128,6 +128,8 @@ def test_training_defaults_per_lookback():
     assert training_defaults("tsm2")["lr"] == 2e-4
     assert training_defaults("tsm2_512")["lr"] == 1e-4  # its own entry (docs/tsm2.md, lookback-512 grid search)
     assert training_defaults("tsm2_512")["epochs"] == training_defaults("tsm2")["epochs"]
+    assert training_defaults("tsm2")["loss"] == "mae" and training_defaults("tsm2_512")["loss"] == "mse"
+    assert training_defaults("dlinear")["loss"] == "mse"  # the baselines keep their papers' loss
     assert training_defaults("not_registered")["lr"] == FALLBACK_DEFAULTS["lr"]
 
 
