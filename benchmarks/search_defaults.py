@@ -13,7 +13,10 @@ configuration, seed, validation and test MSE/MAE, epochs, seconds, versions) to 
 A default is meant for every data set, so it is chosen on all of them: each configuration's score
 is the mean, over the (data set, horizon) cells it has run, of its validation MSE divided by the
 validation MSE of the reference configuration (``defaults``, the registered recipe) in that cell.
-Only configurations measured in every cell the reference has are ranked. Test figures are printed
+Only configurations measured in every cell the reference has are ranked. ``defaults`` is the
+recipe registered at the row's ``git_commit`` (its ``config.training`` holds it in full): rows made
+before a default changes keep their key, so after such a change name the old recipe explicitly
+(e.g. ``--config "loss=mse"``) rather than mixing ``defaults`` rows of two recipes. Test figures are printed
 beside the score and take no part in the choice.
 """
 
@@ -25,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce_tsm2 import ROOT, finished, load_rows, run_all  # noqa: E402
+from reproduce_tsm2 import ROOT, _mean, finished, load_rows, run_all  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "defaults96.jsonl"
 REFERENCE = "defaults"
@@ -44,10 +47,6 @@ def parse_config(text: str) -> dict[str, str]:
     if not config:
         raise SystemExit("--config expects at least one KEY=VALUE")
     return config
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def scores(rows: list[dict], model: str, seq_len: int) -> tuple[list[tuple], list[dict]]:
