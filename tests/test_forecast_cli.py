@@ -144,3 +144,14 @@ def test_loss_flag_is_recorded_and_validation_stays_mse(run_dir: Path, tmp_path:
     assert metrics["run"]["training"]["loss"] == "mae" and default["run"]["training"]["loss"] == "mse"
     assert metrics["history"][0]["val_loss"] == pytest.approx(metrics["val_mse"], rel=1e-6)  # chosen on MSE
     assert metrics["history"][0]["train_loss"] != pytest.approx(default["history"][0]["train_loss"], rel=1e-3)
+
+
+def test_epoch_line_names_the_training_loss_and_the_validation_error(tmp_path: Path, shared_data: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    args = [a for a in _forecast_args(tmp_path / "loud", shared_data, "--loss", "mae") if a != "--quiet"]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "loud" / "metrics.json").read_text())
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("dlinear epoch 1/1"))
+    # the training loss (MAE) and the validation figure (MSE) are told apart, with their values
+    assert f"train mae {metrics['history'][0]['train_loss']:.4f}" in line
+    assert f"val mse {metrics['val_mse']:.4f}" in line

@@ -252,6 +252,7 @@ def run_forecast(
         epochs=hp["epochs"], lr=hp["lr"], optimizer=hp["optimizer"], weight_decay=hp["weight_decay"],
         schedule=hp["schedule"], warmup_epochs=hp["warmup_epochs"], grad_clip=hp["grad_clip"],
         patience=hp["patience"], quiet=quiet, desc=f"{model} epoch", ema_decay=hp["ema_decay"],
+        train_label=f"train {hp['loss']}", val_label="val mse",
     )  # validates the values
     out = Path(out) if out is not None else default_out(model, data, seq_len, horizon)
     check_out_possible(out)

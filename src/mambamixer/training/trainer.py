@@ -59,6 +59,10 @@ class TrainConfig:
     patience: int | None = None  # epochs without validation improvement before stopping
     quiet: bool = False  # no progress bars or epoch lines
     desc: str = "epoch"  # progress-bar label
+    # the epoch line's names for the training loss and a float validation figure, e.g. "train mae"
+    # and "val mse" when a forecaster trains on one error and is chosen on another
+    train_label: str = "train"
+    val_label: str = "val"
     bf16: bool = False  # run loss_fn (forward and loss) under bfloat16 autocast; weights stay float32
     monitor: str = "val_loss"  # key of validate()'s dict that picks the best epoch (lower is better)
     ema_decay: float | None = None  # keep an EMA of the weights (training/ema.py); it is validated and kept
@@ -559,8 +563,8 @@ def fit(
             })
             if not quiet:
                 val_text = "".join(f"  {k} {v:.4f}" for k, v in val_metrics.items()) if val_metrics else (
-                    f"  val {val_loss:.4f}" if val_loss is not None else "")
-                tqdm.write(f"{config.desc} {epoch + 1}/{config.epochs}  train {train_loss:.4f}{val_text}"
+                    f"  {config.val_label} {val_loss:.4f}" if val_loss is not None else "")
+                tqdm.write(f"{config.desc} {epoch + 1}/{config.epochs}  {config.train_label} {train_loss:.4f}{val_text}"
                            f"  lr {epoch_lr:.2e}  {seconds:.1f}s{'  *' if improved else ''}")
             if improved and on_best is not None and main:
                 on_best(state)
