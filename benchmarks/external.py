@@ -4,6 +4,7 @@
     python benchmarks/external.py --models PatchTST --set hidden_size=64     # extra model kwargs
     python benchmarks/external.py --ours tsm2 --datasets ETTh1 --horizons 96 # our CLI, same file
     python benchmarks/external.py --table                                    # from the results file only
+    python benchmarks/external.py --side-by-side loss=mae --with benchmarks/results/defaults96.jsonl
 
 Each run trains one neuralforecast model (``pip install -e '.[bench]'``) on OUR z-scored splits
 (``mambamixer.data.forecast``: ETT 12/4/4 months, others 7/1/2, z-scored with the training rows'
@@ -283,6 +284,42 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _label(r: dict) -> str:
+    """A row's model as the side-by-side table names it: ``library model (configuration)``."""
+    library = r.get("library", "mambamixer")  # search_defaults.py rows are ours and carry no library
+    return f"{library} {r['model']}" + ("" if r["config_name"] == "defaults" else f" ({r['config_name']})")
+
+
+def side_by_side(rows: list[dict], ours: list[str]) -> str:
+    """Test MSE / MAE per (data set, horizon) cell, a row per model, with each data set's four-horizon
+    average where all four horizons are measured. ``rows`` may mix this file's rows with
+    ``search_defaults.py``'s (``defaults96.jsonl``); of ours, only the configurations named in ``ours``
+    (``MODEL:CONFIG``, or ``CONFIG`` for any model) are shown; of neuralforecast's, every one. Seed 0
+    only, so every entry is one run."""
+
+    def shown(r: dict) -> bool:
+        return r.get("library") == "neuralforecast" or any(
+            want in (r["config_name"], f"{r['model']}:{r['config_name']}") for want in ours)
+
+    keep = [r for r in finished(rows).values() if r["seq_len"] == SEQ_LEN and r["seed"] == 0 and shown(r)]
+    cells = {(r["data"], r["horizon"]) for r in keep}
+    columns = [(d, h) for d in sorted({d for d, _ in cells}) for h in HORIZONS if (d, h) in cells]
+    by_label: dict[str, dict] = {}
+    for r in keep:
+        by_label.setdefault(_label(r), {})[(r["data"], r["horizon"])] = r
+    datasets = sorted({d for got in by_label.values() for d, _ in got if all((d, h) in got for h in HORIZONS)})
+    head = [f"{d}-{h}" for d, h in columns] + [f"{d} average" for d in datasets]
+    lines = ["| model | " + " | ".join(head) + " |", "|" + " --- |" * (len(head) + 1)]
+    for label, got in sorted(by_label.items()):
+        values = [f"{got[c]['test_mse']:.4f} / {got[c]['test_mae']:.4f}" if c in got else "-" for c in columns]
+        for d in datasets:
+            four = [got.get((d, h)) for h in HORIZONS]
+            values.append("-" if None in four else f"**{np.mean([r['test_mse'] for r in four]):.4f} / "
+                                                   f"{np.mean([r['test_mae'] for r in four]):.4f}**")  # fmt: skip
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -302,7 +339,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default="runs/external", help="folder for our runs' folders (--ours)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--table", action="store_true", help="only print the table built from --results")
+    parser.add_argument("--side-by-side", nargs="+", default=None, metavar="CONFIG",
+                        help="print instead test MSE / MAE per cell, neuralforecast's models beside these "
+                             "configurations of ours (config names, e.g. loss=mae), with four-horizon averages")
+    parser.add_argument("--with", dest="extra", nargs="+", default=[], metavar="JSONL",
+                        help="more results files for --side-by-side (e.g. benchmarks/results/defaults96.jsonl)")
     args = parser.parse_args(argv)
+    if args.side_by_side is not None:
+        rows = [r for path in (args.results, *args.extra) for r in load_rows(Path(path))]
+        print(side_by_side(rows, args.side_by_side))
+        return
     if not args.table:
         run_all(args)
     print(table(load_rows(Path(args.results))))
