@@ -291,31 +291,34 @@ def _label(r: dict) -> str:
 
 
 def side_by_side(rows: list[dict], ours: list[str]) -> str:
-    """Test MSE / MAE per (data set, horizon) cell, a row per model, with each data set's four-horizon
-    average where all four horizons are measured. ``rows`` may mix this file's rows with
-    ``search_defaults.py``'s (``defaults96.jsonl``); of ours, only the configurations named in ``ours``
-    (``MODEL:CONFIG``, or ``CONFIG`` for any model) are shown; of neuralforecast's, every one. Seed 0
-    only, so every entry is one run."""
+    """Test MSE / MAE per (data set, horizon) cell, a row per model, the mean over the seeds run (their
+    number in brackets when more than one), with each data set's four-horizon average where all four
+    horizons are measured. ``rows`` may mix this file's rows with ``search_defaults.py``'s
+    (``defaults96.jsonl``); of ours, only the configurations named in ``ours`` (``MODEL:CONFIG``, or
+    ``CONFIG`` for any model) are shown; of neuralforecast's, every one."""
 
     def shown(r: dict) -> bool:
         return r.get("library") == "neuralforecast" or any(
             want in (r["config_name"], f"{r['model']}:{r['config_name']}") for want in ours)
 
-    keep = [r for r in finished(rows).values() if r["seq_len"] == SEQ_LEN and r["seed"] == 0 and shown(r)]
+    keep = [r for r in finished(rows).values() if r["seq_len"] == SEQ_LEN and shown(r)]
     cells = {(r["data"], r["horizon"]) for r in keep}
     columns = [(d, h) for d in sorted({d for d, _ in cells}) for h in HORIZONS if (d, h) in cells]
-    by_label: dict[str, dict] = {}
+    runs: dict[str, dict] = {}
     for r in keep:
-        by_label.setdefault(_label(r), {})[(r["data"], r["horizon"])] = r
-    datasets = sorted({d for got in by_label.values() for d, _ in got if all((d, h) in got for h in HORIZONS)})
+        runs.setdefault(_label(r), {}).setdefault((r["data"], r["horizon"]), []).append(r)
+    means = {label: {c: (np.mean([r["test_mse"] for r in got[c]]), np.mean([r["test_mae"] for r in got[c]]),
+                         len(got[c])) for c in got} for label, got in runs.items()}  # fmt: skip
+    datasets = sorted({d for got in means.values() for d, _ in got if all((d, h) in got for h in HORIZONS)})
     head = [f"{d}-{h}" for d, h in columns] + [f"{d} average" for d in datasets]
     lines = ["| model | " + " | ".join(head) + " |", "|" + " --- |" * (len(head) + 1)]
-    for label, got in sorted(by_label.items()):
-        values = [f"{got[c]['test_mse']:.4f} / {got[c]['test_mae']:.4f}" if c in got else "-" for c in columns]
+    for label, got in sorted(means.items()):
+        values = [f"{got[c][0]:.4f} / {got[c][1]:.4f}" + (f" ({got[c][2]} seeds)" if got[c][2] > 1 else "")
+                  if c in got else "-" for c in columns]  # fmt: skip
         for d in datasets:
             four = [got.get((d, h)) for h in HORIZONS]
-            values.append("-" if None in four else f"**{np.mean([r['test_mse'] for r in four]):.4f} / "
-                                                   f"{np.mean([r['test_mae'] for r in four]):.4f}**")  # fmt: skip
+            values.append("-" if None in four else f"**{np.mean([m[0] for m in four]):.4f} / "
+                                                   f"{np.mean([m[1] for m in four]):.4f}**")  # fmt: skip
         lines.append(f"| {label} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 

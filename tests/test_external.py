@@ -145,7 +145,7 @@ def test_table_and_resume_keys(external, tmp_path):
         external.parse_sets(["hidden_size"])
 
 
-def test_side_by_side_averages_complete_data_sets_only(external):
+def test_side_by_side_averages_seeds_and_complete_data_sets_only(external):
     def row(library, model, config, data, horizon, mse, mae):
         return {"key": f"{library}/{model}/{config}/{data}/{horizon}", "model": model, "data": data, "seq_len": 96,
                 "horizon": horizon, "seed": 0, "config_name": config, "test_mse": mse, "test_mae": mae,
@@ -156,12 +156,14 @@ def test_side_by_side_averages_complete_data_sets_only(external):
     rows += [row(None, "patchtst", "loss=mae", "ETTh1", 96, 0.9, 0.9),  # not asked for: another model
              row(None, "tsm2", "d_model=64", "ETTh1", 96, 0.8, 0.8),  # not asked for: another configuration
              row("neuralforecast", "TSMixer", "defaults", "ETTh1", 96, 0.38, 0.39),
-             row("neuralforecast", "TSMixer", "defaults", "Weather", 96, 0.17, 0.21)]
+             row("neuralforecast", "TSMixer", "defaults", "Weather", 96, 0.17, 0.21),
+             {**row("neuralforecast", "TSMixer", "defaults", "Weather", 96, 0.19, 0.23), "key": "seed 1"}]
     lines = external.side_by_side(rows, ["tsm2:loss=mae"]).splitlines()
     assert lines[0] == "| model | ETTh1-96 | ETTh1-192 | ETTh1-336 | ETTh1-720 | Weather-96 | ETTh1 average |"
     assert lines[2] == ("| mambamixer tsm2 (loss=mae) | 0.4000 / 0.3000 | 0.5000 / 0.4000 | 0.6000 / 0.5000 | "
                         "0.7000 / 0.6000 | - | **0.5500 / 0.4500** |")
-    assert lines[3] == "| neuralforecast TSMixer | 0.3800 / 0.3900 | - | - | - | 0.1700 / 0.2100 | - |"
+    # two seeds of one cell: their mean, and how many
+    assert lines[3] == "| neuralforecast TSMixer | 0.3800 / 0.3900 | - | - | - | 0.1800 / 0.2200 (2 seeds) | - |"
     assert len(lines) == 4  # patchtst and d_model=64 left out
 
 
