@@ -1,4 +1,4 @@
-"""The forecasting baselines (DLinear, PatchTST, iTransformer) and the RevIN layer they share."""
+"""The forecasting baselines (DLinear, PatchTST, iTransformer, TSMixer) and the RevIN layer they share."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from forecast_helpers import etth1_validation_losses
 
 from mambamixer.layers.attention import MultiheadSelfAttention, TransformerEncoder
 from mambamixer.layers.normalization import RevIN
@@ -13,11 +14,13 @@ from mambamixer.models import create_model, list_models
 from mambamixer.models.dlinear import DLinear, moving_average
 from mambamixer.models.itransformer import ITransformer
 from mambamixer.models.patchtst import PatchTST
+from mambamixer.models.tsmixer import TSMixer
 
-BASELINES = ["dlinear", "patchtst", "itransformer"]
-CLASSES = {"dlinear": DLinear, "patchtst": PatchTST, "itransformer": ITransformer}
-# the learning test narrows iTransformer (default d_model 256) so the suite stays fast on a busy CPU
-LEARN_OVERRIDES = {"itransformer": {"d_model": 64, "d_ff": 64}}
+BASELINES = ["dlinear", "patchtst", "itransformer", "tsmixer"]
+CLASSES = {"dlinear": DLinear, "patchtst": PatchTST, "itransformer": ITransformer, "tsmixer": TSMixer}
+# the learning test narrows iTransformer (default d_model 256) so the suite stays fast on a busy CPU;
+# TSMixer's dropout of 0.9 is meant for thousands of steps, not the test's 60
+LEARN_OVERRIDES = {"itransformer": {"d_model": 64, "d_ff": 64}, "tsmixer": {"dropout": 0.1}}
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -191,6 +194,36 @@ def test_itransformer_parameter_count():
     assert n_params(create_model("itransformer", n_vars=321, n_marks=4)) == expected
 
 
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_tsmixer_parameter_count(norm):
+    seq_len, horizon, n_vars, ff_dim, blocks = 96, 96, 7, 64, 2
+    model = create_model("tsmixer", seq_len=seq_len, horizon=horizon, n_vars=n_vars, norm=norm)
+    plane = seq_len * n_vars  # either norm has a weight and a bias per (time step, variate)
+    per_block = 2 * 2 * plane + (seq_len * seq_len + seq_len) + (n_vars * ff_dim + ff_dim) + (ff_dim * n_vars + n_vars)
+    expected = 2 * n_vars + blocks * per_block + (seq_len * horizon + horizon)  # RevIN affine, blocks, head
+    assert n_params(model) == expected == 35_260
+
+
+def test_tsmixer_mixes_variates_and_time_in_order():
+    torch.manual_seed(0)
+    model = create_model("tsmixer", seq_len=24, horizon=6, n_vars=3, dropout=0.0).eval()
+    x = torch.randn(2, 24, 3)
+    x2 = x.clone()
+    x2[..., 1] += torch.randn(2, 24)
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[..., 0], model(x2)[..., 0])  # the feature MLP mixes variates
+    block = model.blocks[0]
+    with torch.no_grad():  # time mixing alone: a per-variate map over time, then the feature MLP per step
+        z = torch.randn(2, 24, 3)
+        time_only = z + block.time_linear(block.time_norm(z).transpose(1, 2)).relu().transpose(1, 2)
+        expected = time_only + block.feature_mlp(block.feature_norm(time_only))
+        torch.testing.assert_close(block(z), expected)
+    with pytest.raises(ValueError, match="norm"):
+        create_model("tsmixer", norm="group")
+    with pytest.raises(ValueError, match="dropout"):
+        create_model("tsmixer", dropout=1.0)
+
+
 # ---------------------------------------------------------------------------- save and load
 
 
@@ -255,3 +288,8 @@ def test_model_learns_noisy_sines(name):
         assert math.isfinite(loss.item()), step
     after = val_mse()
     assert after < 0.2 * before, (before, after)
+
+
+def test_tsmixer_learns_on_etth1(shared_data):
+    before, after = etth1_validation_losses("tsmixer", shared_data, dropout=0.1)
+    assert after < 0.85 * before, (before, after)
