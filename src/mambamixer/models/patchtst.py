@@ -101,3 +101,10 @@ class PatchTST(PretrainedMixin, nn.Module):
 def patchtst(**overrides) -> PatchTST:
     """The paper's ETTh1 hyperparameters: 3 layers, d_model 16, 4 heads, d_ff 128, dropout 0.3."""
     return PatchTST(PatchTSTConfig(**overrides))
+
+
+@register_model(task="forecast")
+def patchtst_128(**overrides) -> PatchTST:
+    """The paper's size for the larger data sets (Weather, Traffic, Electricity), also neuralforecast's
+    default PatchTST: 3 layers, d_model 128, 16 heads, d_ff 256, dropout 0.2."""
+    return PatchTST(PatchTSTConfig(**{"d_model": 128, "n_heads": 16, "d_ff": 256, "dropout": 0.2, **overrides}))
