@@ -49,10 +49,11 @@ class PlaneNorm(nn.Module):
         if kind not in ("batch", "layer"):
             raise ValueError(f"TSMixerConfig.norm must be 'batch' or 'layer', got {kind!r}")
         self.norm = nn.BatchNorm1d(seq_len * n_vars) if kind == "batch" else nn.LayerNorm([seq_len, n_vars])
-        self.flatten = kind == "batch"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.flatten(1)).view_as(x) if self.flatten else self.norm(x)
+        if isinstance(self.norm, nn.BatchNorm1d):  # its features are the flattened plane
+            return self.norm(x.flatten(1)).view_as(x)
+        return self.norm(x)
 
 
 class MixerBlock(nn.Module):
